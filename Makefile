@@ -1,0 +1,55 @@
+# sift: `make demo` runs the main job on the embedded default corpus; `make test` runs the tests.
+# Both set up what they need first, idempotently: system tools (ffmpeg, Chromium) from the system
+# packages when absent, and a .venv with the project installed (re-installed when pyproject changes).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+STATE := .sift
+DEMO := $(STATE)/demo
+export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+export YOLO_OFFLINE := True
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup system venv demo test test-fast bench clean
+
+setup: system venv
+
+# ffmpeg (video) and Chromium (scraper) come from the system packages when missing.
+system:
+	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	 if [ -n "$$missing" ]; then \
+	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	     echo "installing$$missing (apt-get)"; \
+	     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	   else echo "warning: please install$$missing (needed for video and scraping)"; fi; \
+	 fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing Python dependencies into $(VENV) (first time: ~5 minutes)"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: setup
+	$(VENV)/bin/sift make-corpus $(DEMO)/corpus --images 240 --videos 6 --seed 0 --workers 2
+	$(VENV)/bin/sift preprocess --input $(DEMO)/corpus --output $(DEMO)/data
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf $(STATE) .pytest_cache

@@ -1,0 +1,167 @@
+"""Preprocessing throughput and memory: the Ray flow vs a single-process Pillow loop, same run.
+
+Both sides do the same work on the same files with the same code (flows.process.process_batch for
+read/validate/decode/resize/budget-encode/hash, flows.manifest.decide for duplicates and splits,
+parquet out). The Ray side runs the real `flows.preprocess.run` on a local Ray with 2 CPUs.
+Peak memory is the proportional set size (PSS) summed over this process and all its children
+(Ray's raylet and workers), sampled every 0.2 s, so shared object-store pages are not counted twice.
+
+    python bench/preprocess.py [--images 2000 --small 1000 --size 1280x720]
+
+Targets (issue #2): images/s ratio Ray / single-process >= 1.5 on 2 CPUs; peak memory that does
+not grow with corpus size.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.config import load_preprocess  # noqa: E402
+from flows.corpus import make_corpus  # noqa: E402
+from flows.ingest import discover  # noqa: E402
+from flows.manifest import decide  # noqa: E402
+from flows.process import process_batch  # noqa: E402
+from flows.schema import COLUMNS  # noqa: E402
+
+
+class PeakMemory:
+    """Samples the summed PSS of this process tree in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                pass
+        return total
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def single_process(corpus: Path, out: Path, cfg) -> float:
+    """The baseline: one Python process, a plain loop, the same functions; returns seconds."""
+    t0 = time.time()
+    items = discover(corpus, cfg.classes, cfg.noisy_pools)
+    staging = out / "staging.parquet"
+    writer = None
+    for i in range(0, len(items), cfg.batch_size):
+        table = process_batch(items[i:i + cfg.batch_size], cfg)
+        writer = writer or pq.ParquetWriter(staging, table.schema)
+        writer.write_table(table)
+    writer.close()
+    meta = pq.read_table(staging, columns=[c for c in pq.read_schema(staging).names if c != "image"]).to_pandas()
+    keep, _, _ = decide(meta, cfg)
+    with _FinalWriter(out) as w:
+        for batch in pq.ParquetFile(staging).iter_batches(batch_size=256):
+            t = pa.Table.from_batches([batch])
+            keys = [f"{p}|{i}" for p, i in zip(t.column("path").to_pylist(), t.column("id").to_pylist())]
+            mask = pa.array([k in keep for k in keys])
+            t = t.filter(mask)
+            hits = [keep[k] for k, m in zip(keys, mask.to_pylist()) if m]
+            t = t.append_column("split", pa.array([h[1] for h in hits], pa.string()))
+            w.write(t.select(list(COLUMNS)))
+    return time.time() - t0
+
+
+class _FinalWriter:
+    """Writes the kept rows to one parquet file, opened on the first batch."""
+
+    def __init__(self, out: Path):
+        self.path, self.writer = out / "data.parquet", None
+
+    def __enter__(self):
+        return self
+
+    def write(self, table: pa.Table):
+        self.writer = self.writer or pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def __exit__(self, *exc):
+        if self.writer:
+            self.writer.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--small", type=int, default=1000, help="second corpus size for the memory check")
+    ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+    w, h = map(int, args.size.split("x"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="sift-bench-"))
+    cfg = load_preprocess(None, ["min_actors=2", "max_actors=2", "video_keyframes=4"])
+
+    from flows.preprocess import run
+    from flows.runtime import init_ray
+
+    t = time.time()
+    init_ray(num_cpus=3)  # 2 actor CPUs + headroom for 0.1-CPU read/write tasks
+    print(f"ray.init: {time.time() - t:.1f} s (not counted below)")
+    results = {}
+    for n in sorted({args.small, args.images}):
+        corpus = work / f"corpus{n}"
+        if not (corpus / "_meta" / "corpus.json").exists():
+            t = time.time()
+            make_corpus(corpus, images=n, videos=0, seed=1, size=(w, h), broken=False, workers=2,
+                        progress=False)
+            print(f"corpus {n} images {w}x{h}: generated in {time.time() - t:.1f} s")
+        for name in ("single", "ray"):
+            out = work / f"out-{name}-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            with PeakMemory() as mem:
+                t = time.time()
+                if name == "single":
+                    single_process(corpus, out, cfg)
+                else:
+                    run(corpus, out, cfg)
+                secs = time.time() - t
+            results[(name, n)] = (n / secs, mem.peak / 2**20, secs)
+            print(f"  {name:6s} n={n}: {secs:6.1f} s  {n / secs:6.1f} images/s  peak PSS {mem.peak / 2**20:7.0f} MiB",
+                  flush=True)
+    n = args.images
+    ratio = results[("ray", n)][0] / results[("single", n)][0]
+    print("\n== bench/preprocess.py ==")
+    print(f"images {n} at {w}x{h}, 2 CPUs")
+    print(f"single-process Pillow loop: {results[('single', n)][0]:.1f} images/s")
+    print(f"Ray Data flow (2 actors):   {results[('ray', n)][0]:.1f} images/s")
+    print(f"ratio Ray / single:         {ratio:.2f}x   (target >= 1.5)")
+    if args.small != n:
+        for name in ("single", "ray"):
+            a, b = results[(name, args.small)][1], results[(name, n)][1]
+            print(f"peak memory {name:6s}: {a:.0f} MiB at {args.small}, {b:.0f} MiB at {n}  "
+                  f"(growth x{b / a:.2f} for x{n / args.small:.1f} data)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

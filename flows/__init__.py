@@ -1,0 +1,1 @@
+"""sift flows: ingest, validation, preprocessing (Ray Data), video, corpus generation, scraping."""

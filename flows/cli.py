@@ -1,0 +1,43 @@
+"""``sift``: one console script, one subcommand per stage.
+
+Each subcommand is a module with ``main(argv=None)``, also runnable as ``python -m <module>``.
+Modules are imported only when their subcommand runs, so ``sift --help`` is instant and the
+import direction flows <- train <- serve holds (this table names modules, it imports none).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "make-corpus": ("flows.corpus", "write the deterministic synthetic media corpus"),
+    "preprocess": ("flows.preprocess", "raw media -> deduplicated, split parquet shards (Ray Data)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: sift COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`sift COMMAND --help` for details."
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sift: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    from .config import ConfigError
+    from .ingest import IngestError
+    from .runtime import quiet_env
+
+    quiet_env()
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except (ConfigError, IngestError) as exc:
+        print(f"sift {name}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,230 @@
+"""Typed, frozen configuration loaded from YAML with ``key=value`` overrides.
+
+Every stage declares a frozen dataclass. Defaults live in a YAML file beside the package that reads
+it (``flows/configs/preprocess.yaml``, ``train/configs/train.yaml`` …) so a user can read one file to
+see every knob. Ranges and choices are declared on the field with :func:`knob`, checked on load, and
+unknown keys are rejected with the list of known ones: a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and why."""
+
+
+def knob(default: Any, *, lo: float | None = None, hi: float | None = None,
+         choices: Iterable[Any] | None = None, help: str = "") -> Any:
+    """A dataclass field with a checked range (inclusive) or a set of allowed values."""
+    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices else None, "help": help}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples / mappings via default_factory-free immutable values")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["a=1", "classes=[X, Y]"]`` -> ``{"a": 1, "classes": ["X", "Y"]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {pair!r}: value is not valid YAML ({exc})") from None
+    return out
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML value to the field's declared type; raise ConfigError if it cannot be."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(f"{name}.{k}", v, vt) for k, v in value.items()}
+    return value
+
+
+def _check(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{name}: {v!r} is not one of {list(choices)}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo:
+                raise ConfigError(f"{name}: {v} is below the minimum {lo}")
+            if hi is not None and v > hi:
+                raise ConfigError(f"{name}: {v} is above the maximum {hi}")
+
+
+def build(cls: type[T], values: dict[str, Any], *, where: str = "config") -> T:
+    """Make ``cls`` from a flat mapping: unknown keys rejected, types coerced, ranges checked.
+
+    Calls ``cls.validate()`` afterwards when defined, for checks across fields.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        coerced = _coerce(name, value, hints[name])
+        _check(name, coerced, fields[name].metadata)
+        kwargs[name] = coerced
+    obj = cls(**kwargs)
+    for f in fields.values():  # defaults are checked too: a bad YAML default is a bug to surface
+        if f.name not in kwargs:
+            _check(f.name, getattr(obj, f.name), f.metadata)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return obj
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] | dict = (),
+         *, default_path: str | Path | None = None) -> T:
+    """Load ``cls`` from the default YAML, then ``path`` (if given), then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    for p in (default_path, path):
+        if p is None:
+            continue
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of key: value")
+        values.update(data)
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return build(cls, values, where=cls.__name__)
+
+
+def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a config to ``{key: scalar}`` for ``mlflow.log_params`` (mappings become ``a.b``)."""
+    out: dict[str, Any] = {}
+    items = dataclasses.asdict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ",".join(map(str, value))
+        else:
+            out[name] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The preprocessing stage's config (flows/configs/preprocess.yaml holds the defaults).
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    # label set: any names; a class may be declared a noisy pool with a prior over true classes
+    classes: tuple[str, ...] = ("BAD", "NEUTRAL", "GOOD")
+    noisy_pools: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # images
+    short_edge: int = knob(448, lo=16, hi=8192, help="shortest edge of stored images (never upscaled)")
+    byte_budget: int = knob(200_000, lo=2_000, hi=50_000_000, help="max bytes of a stored JPEG")
+    max_quality: int = knob(90, lo=10, hi=100)
+    min_quality: int = knob(40, lo=5, hi=100)
+    # validation
+    max_bytes: int = knob(50_000_000, lo=1, help="max input file size for images")
+    max_video_bytes: int = knob(2_000_000_000, lo=1)
+    max_pixels: int = knob(50_000_000, lo=1, help="decompression-bomb guard")
+    min_side: int = knob(16, lo=1)
+    image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+    video_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
+    # video
+    video_keyframes: int = knob(8, lo=0, hi=256, help="keyframes at scene changes per video")
+    scene_threshold: float = knob(0.3, lo=0.0, hi=1.0)
+    max_video_seconds: float = knob(3600.0, lo=0.1)
+    max_video_pixels: int = knob(3840 * 2160, lo=1)
+    ffmpeg_timeout: float = knob(120.0, lo=1.0)
+    # dedupe + split
+    near_dup_distance: int = knob(4, lo=0, hi=32, help="max Hamming distance of 64-bit pHashes")
+    val_frac: float = knob(0.15, lo=0.0, hi=0.9)
+    test_frac: float = knob(0.15, lo=0.0, hi=0.9)
+    split_seed: str = "sift"
+    # Ray
+    min_actors: int = knob(1, lo=1, hi=1024)
+    max_actors: int = knob(2, lo=1, hi=1024)
+    actor_cpus: float = knob(1.0, lo=0.05, hi=64)
+    batch_size: int = knob(16, lo=1, hi=4096)
+    io_cpus: float = knob(0.1, lo=0.01, hi=8, help="CPUs reserved by each read/write task")
+    rows_per_file: int = knob(2000, lo=1)
+
+    def validate(self) -> None:
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 1:
+            raise ValueError(f"classes must be unique and non-empty: {self.classes}")
+        if "unlabeled" in (c.lower() for c in self.classes):
+            raise ValueError("'unlabeled' is reserved for the unlabeled pool, not a class")
+        for pool, prior in self.noisy_pools.items():
+            if pool not in self.classes:
+                raise ValueError(f"noisy pool {pool!r} is not one of classes {list(self.classes)}")
+            unknown = set(prior) - set(self.classes)
+            if unknown:
+                raise ValueError(f"noisy pool {pool!r}: prior names unknown classes {sorted(unknown)}")
+            if any(p < 0 for p in prior.values()) or abs(sum(prior.values()) - 1.0) > 1e-3:
+                raise ValueError(f"noisy pool {pool!r}: prior must be >= 0 and sum to 1, got {prior}")
+        if self.min_quality > self.max_quality:
+            raise ValueError("min_quality must be <= max_quality")
+        if self.min_actors > self.max_actors:
+            raise ValueError("min_actors must be <= max_actors")
+        if self.val_frac + self.test_frac >= 1.0:
+            raise ValueError("val_frac + test_frac must be < 1")
+
+    def prior(self, pool: str) -> list[float]:
+        """The noisy pool's prior as a vector over ``classes`` (one-hot if not a noisy pool)."""
+        p = self.noisy_pools.get(pool, {pool: 1.0})
+        return [float(p.get(c, 0.0)) for c in self.classes]
+
+
+def load_preprocess(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> PreprocessConfig:
+    return load(PreprocessConfig, path, overrides, default_path=CONFIG_DIR / "preprocess.yaml")

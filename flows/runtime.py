@@ -1,0 +1,43 @@
+"""Starting or joining Ray, the same way for every stage.
+
+Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) we join that cluster; otherwise we start a
+local Ray whose logical CPU count leaves headroom for the small read/write tasks next to the CPU
+actor pool: on a 2-core machine, a pool of two 1-CPU actors plus a 0.1-CPU write task would never
+be scheduled on exactly 2 logical CPUs, and Ray Data would wait forever without an error.
+"""
+from __future__ import annotations
+
+import os
+
+
+def quiet_env() -> None:
+    """Environment every sift process wants before Ray, MLflow or Ultralytics start."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("YOLO_OFFLINE", "True")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def local_cpus() -> int:
+    """Logical CPUs for a local Ray: physical + 1 (see module docstring)."""
+    return (os.cpu_count() or 1) + 1
+
+
+def init_ray(num_cpus: int | None = None, quiet: bool = True):
+    """Join the cluster in ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray."""
+    quiet_env()
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {"logging_level": "WARNING", "log_to_driver": True} if quiet else {}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+    return ray

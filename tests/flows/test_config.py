@@ -1,0 +1,56 @@
+import pytest
+
+from flows.config import ConfigError, PreprocessConfig, build, flat, load_preprocess, parse_overrides
+
+
+def test_defaults_load_from_yaml_beside_the_package():
+    cfg = load_preprocess()
+    assert cfg.classes == ("BAD", "NEUTRAL", "GOOD")
+    assert cfg.noisy_pools["NEUTRAL"]["BAD"] == pytest.approx(0.30)
+    assert cfg.prior("NEUTRAL") == pytest.approx([0.30, 0.65, 0.05])
+    assert cfg.prior("GOOD") == [0.0, 0.0, 1.0]
+
+
+def test_overrides_are_parsed_as_yaml_and_typed():
+    cfg = load_preprocess(None, ["short_edge=336", "classes=[NSFW, SFW]", "noisy_pools={}", "scene_threshold=0.5"])
+    assert cfg.short_edge == 336 and cfg.classes == ("NSFW", "SFW") and cfg.scene_threshold == 0.5
+
+
+def test_unknown_key_is_rejected_with_the_known_keys():
+    with pytest.raises(ConfigError, match="unknown key.*short_edg.*known keys"):
+        load_preprocess(None, ["short_edg=10"])
+
+
+@pytest.mark.parametrize("pair, msg", [
+    ("short_edge=2", "below the minimum"),
+    ("short_edge=abc", "expected an integer"),
+    ("max_actors=0", "below the minimum"),
+    ("min_quality=95", "min_quality must be <= max_quality"),
+    ("noisy_pools={NEUTRAL: {BAD: 0.5}}", "sum to 1"),
+    ("noisy_pools={OTHER: {BAD: 1.0}}", "not one of classes"),
+    ("classes=[A, unlabeled]", "reserved"),
+    ("val_frac=0.9", "val_frac \\+ test_frac"),
+])
+def test_ranges_and_cross_field_checks(pair, msg):
+    overrides = [pair] if "noisy" in pair or "classes" not in pair else [pair, "noisy_pools={}"]
+    with pytest.raises(ConfigError, match=msg):
+        load_preprocess(None, overrides)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_config_is_frozen_and_flat_for_mlflow():
+    cfg = load_preprocess()
+    with pytest.raises(Exception):
+        cfg.short_edge = 1
+    f = flat(cfg)
+    assert f["classes"] == "BAD,NEUTRAL,GOOD"
+    assert f["noisy_pools.NEUTRAL.BAD"] == pytest.approx(0.3)
+    assert all(not isinstance(v, (dict, list, tuple)) for v in f.values())
+
+
+def test_build_checks_defaults_too():
+    assert build(PreprocessConfig, {}).short_edge == 448
