@@ -1,0 +1,1 @@
+"""Training: losses, ramps, the mean teacher and augmentation for the sift classifier."""
