@@ -11,7 +11,9 @@ STATE := .sift
 DEMO := $(STATE)/demo
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
-export YOLO_OFFLINE := True
+export YOLO_OFFLINE := 1
+export ORT_DISABLE_TELEMETRY := 1
+export RAY_DATA_USE_DATASOURCE_V2 := 0
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup system venv demo test test-fast bench clean

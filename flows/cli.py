@@ -12,6 +12,9 @@ import sys
 COMMANDS = {
     "make-corpus": ("flows.corpus", "write the deterministic synthetic media corpus"),
     "preprocess": ("flows.preprocess", "raw media -> deduplicated, split parquet shards (Ray Data)"),
+    "train": ("train.main", "train the classifier on Ray Train, tracked and registered in MLflow"),
+    "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
+    "runs": ("train.runs", "compare MLflow runs: key metrics, differing params, a plot"),
 }
 
 

@@ -1,13 +1,12 @@
 """Shared fixtures: one Ray per test session (started lazily, only by tests that need it)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("YOLO_OFFLINE", "True")
+from flows.runtime import quiet_env  # noqa: E402
+
+quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,119 @@
+"""Invariants of temperature scaling and threshold choice (train/calibrate.py)."""
+import numpy as np
+import pytest
+import torch
+
+from train.calibrate import apply_temperature, choose_thresholds, fit_temperature, nll
+from train.metrics import predict_with_thresholds, recall_at_fpr, rival_share
+
+CLASSES = ["BAD", "NEUTRAL", "GOOD"]
+BAD, NEUTRAL, GOOD = range(3)
+
+
+def _calibrated_logits(n=20000, c=3, seed=0):
+    """Logits of a perfectly calibrated model: labels are drawn from softmax(logits)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, c)) * 1.5
+    probs = apply_temperature(logits, 1.0)
+    y = (rng.random(n)[:, None] > probs.cumsum(1)).sum(1)
+    return logits, y
+
+
+def _val_set(n=3000, seed=0, c=3):
+    """Noisy, overlapping validation probabilities with a class signal."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.2 * np.eye(c)[y]
+    return apply_temperature(logits, 1.0), y
+
+
+# --- temperature -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [3.0, 0.5])
+def test_temperature_recovers_scale(scale):
+    logits, y = _calibrated_logits()
+    T = fit_temperature(logits * scale, y)
+    assert T == pytest.approx(scale, rel=0.1)
+    assert nll(logits * scale, y, T) <= nll(logits * scale, y, 1.0)
+
+
+def test_temperature_accepts_tensors_and_keeps_argmax():
+    logits, y = _calibrated_logits(5000)
+    t_logits, t_y = torch.tensor(logits * 3, dtype=torch.float32, requires_grad=True), torch.tensor(y)
+    T = fit_temperature(t_logits, t_y)
+    assert T == pytest.approx(fit_temperature(logits * 3, y), rel=1e-3)
+    probs = apply_temperature(t_logits, T)
+    assert np.allclose(probs.sum(1), 1) and np.array_equal(probs.argmax(1), logits.argmax(1))
+
+
+def test_temperature_never_worse_and_empty():
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+    assert fit_temperature(np.zeros((10, 3)), np.arange(10) % 3) == 1.0  # flat NLL: keep T = 1
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        logits, y = rng.normal(size=(50, 4)) * 4, rng.integers(0, 4, 50)
+        T = fit_temperature(logits, y)
+        assert T > 0 and nll(logits, y, T) <= nll(logits, y, 1.0)
+
+
+def test_apply_temperature_rejects_non_positive():
+    with pytest.raises(ValueError):
+        apply_temperature(np.zeros((2, 3)), 0.0)
+
+
+# --- thresholds --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("max_rate", [0.0, 0.01, 0.05, 0.2])
+def test_chosen_thresholds_respect_rate_on_validation(seed, max_rate):
+    probs, y = _val_set(seed=seed)
+    t = choose_thresholds(probs, y, CLASSES, max_rate=max_rate)
+    assert len(t) == 3 and all(0 < v <= 1 for v in t)
+    pred = predict_with_thresholds(probs, t)
+    assert np.mean(pred[y == GOOD] == BAD) <= max_rate
+    # the positive class gets the best recall the sweep on the serving score allows
+    share = np.stack([rival_share(probs, BAD), 1 - rival_share(probs, BAD)], 1)
+    best, _ = recall_at_fpr(share, np.where(y == BAD, 0, np.where(y == GOOD, 1, 2)), 0, 1, max_rate)
+    assert np.mean(pred[y == BAD] == BAD) == pytest.approx(best)
+
+
+def test_chosen_thresholds_with_ties_and_two_classes():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 2000)
+    # many ties, 0 included; not 1: a GOOD item with P(BAD) = 1 is flagged by any threshold <= 1
+    p_bad = np.round(np.clip(rng.normal(0.4 + 0.2 * (y == 0), 0.2), 0, 0.99), 2)
+    probs = np.stack([p_bad, 1 - p_bad], 1)
+    for max_rate in (0.0, 0.02, 0.1):
+        t = choose_thresholds(probs, y, ["BAD", "GOOD"], max_rate=max_rate)
+        pred = predict_with_thresholds(probs, t)
+        assert np.mean(pred[y == 1] == 0) <= max_rate
+        # with two classes the positive threshold is a plain probability threshold
+        assert np.array_equal(pred == 0, p_bad >= t[0])
+        assert np.mean(pred[y == 0] == 0) == pytest.approx(recall_at_fpr(probs, y, 0, 1, max_rate)[0])
+
+
+def test_chosen_thresholds_custom_names_and_five_classes():
+    probs, y = _val_set(c=5, seed=7)
+    names = ["a", "spam", "b", "c", "ham"]
+    t = choose_thresholds(probs, y, names, positive="spam", negative="ham", max_rate=0.03)
+    assert all(0 < v <= 1 for v in t) and len(set(t[i] for i in (0, 2, 3, 4))) == 1
+    pred = predict_with_thresholds(probs, t)
+    assert np.mean(pred[y == 4] == 1) <= 0.03
+    # classes other than the positive keep argmax among themselves
+    not_pos = pred != 1
+    others = np.where(np.arange(5) == 1, -np.inf, probs).argmax(1)
+    assert np.array_equal(pred[not_pos], others[not_pos])
+
+
+def test_chosen_thresholds_degenerate_inputs():
+    probs, y = _val_set()
+    y[y == GOOD] = NEUTRAL  # no negative item: plain argmax
+    t = choose_thresholds(probs, y, CLASSES)
+    assert np.array_equal(predict_with_thresholds(probs, t), probs.argmax(1))
+    with pytest.raises(ValueError, match="GOOD"):
+        choose_thresholds(probs, y, ["BAD", "NEUTRAL", "OK"])
+    # a negative item that the model is certain is positive and the rate 0: nothing may be flagged
+    probs = np.array([[0.9, 0.05, 0.05], [0.99, 0.005, 0.005], [0.2, 0.2, 0.6]])
+    t = choose_thresholds(probs, np.array([BAD, GOOD, GOOD]), CLASSES, max_rate=0.0)
+    assert all(0 < v <= 1 for v in t)
+    assert not np.any(predict_with_thresholds(probs, t) == BAD)

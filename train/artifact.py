@@ -1,0 +1,141 @@
+"""The self-describing model artifact, and the one way to run it on images.
+
+    ARTIFACT/sift_model.json   backbone id + config, preprocessing, classes, thresholds, temperature,
+                               face detector (file, hash, classes, conf), run id, metrics
+    ARTIFACT/backbone/         the (possibly fine-tuned) CLIP vision tower, save_pretrained format
+    ARTIFACT/head.pt           head weights
+    ARTIFACT/faces/<weights>   the detector weights, copied so the artifact stands alone
+
+Serving, batch prediction and ``sift classify`` all call :class:`SiftModel`, which prepares images
+exactly as training did (``flows.images`` then ``train.transforms``) and writes nothing.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flows.images import open_image, resize_short
+
+from .metrics import predict_with_thresholds
+from .model import Classifier, Head
+from .transforms import Preproc, center_crop, five_crops, normalize, square, to_uint8_batch
+
+META = "sift_model.json"
+
+
+def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, short_edge: int,
+         classes: list[str], thresholds: list[float], temperature: float, faces: dict | None,
+         run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float) -> Path:
+    """Write the artifact directory (replacing ``out``)."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    model.backbone.save_pretrained(out / "backbone")
+    torch.save(model.head.state_dict(), out / "head.pt")
+    face_meta = None
+    if faces:
+        src = Path(faces["weights"])
+        (out / "faces").mkdir()
+        shutil.copy2(src, out / "faces" / src.name)
+        face_meta = {**faces, "weights": f"faces/{src.name}"}
+    meta = {
+        "format": 1, "backbone_id": backbone_id, "backbone_config": model.backbone.config.to_dict(),
+        "preprocessing": {**preproc.to_dict(), "short_edge": short_edge},
+        "classes": list(classes), "thresholds": [float(t) for t in thresholds],
+        "temperature": float(temperature), "faces": face_meta, "n_face": model.n_face,
+        "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
+        "run_id": run_id, "metrics": metrics or {},
+    }
+    (out / META).write_text(json.dumps(meta, indent=2, default=float))
+    return out
+
+
+class SiftModel:
+    """A loaded artifact: images in, calibrated probabilities and thresholded labels out."""
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        from transformers import CLIPVisionModelWithProjection
+
+        self.path = Path(path)
+        self.meta = json.loads((self.path / META).read_text())
+        self.classes = self.meta["classes"]
+        self.thresholds = np.asarray(self.meta["thresholds"], dtype=np.float64)
+        self.temperature = float(self.meta["temperature"])
+        pp = self.meta["preprocessing"]
+        self.preproc, self.short_edge = Preproc.from_dict(pp), int(pp["short_edge"])
+        backbone = CLIPVisionModelWithProjection.from_pretrained(self.path / "backbone")
+        self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
+                                self.meta["dropout"], self.meta["score_head"])
+        self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu"))
+        self.device = device
+        self.model.to(device).eval()
+        self.detector = None
+        faces = self.meta.get("faces")
+        if faces:
+            from .faces import FaceDetector
+
+            self.detector = FaceDetector(weights=self.path / faces["weights"], face_classes=faces["face_classes"],
+                                         extra_classes=faces.get("extra_classes", ()), conf=faces["conf"])
+
+    # -- preparation: the same steps as preprocessing + training --------------------------------
+    def prepare(self, item, max_pixels: int = 50_000_000) -> Image.Image:
+        """bytes / PIL image / (H,W,3) uint8 -> RGB image resized like a preprocessed item."""
+        if isinstance(item, (bytes, bytearray)):
+            img = open_image(bytes(item), max_pixels=max_pixels, short_edge=self.short_edge)
+        elif isinstance(item, np.ndarray):
+            img = Image.fromarray(item)
+        else:
+            img = item.convert("RGB")
+        return resize_short(img, self.short_edge)
+
+    @torch.no_grad()
+    def logits(self, images: list[Image.Image], tiles: int = 1, tile_agg: str = "mean") -> np.ndarray:
+        """Prepared RGB images -> raw logits (N, C); ``tiles=5`` averages (or maxes) five crops."""
+        if not images:
+            return np.zeros((0, len(self.classes)), np.float32)
+        face = self._faces(images)
+        if tiles == 5:
+            sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
+            face = np.repeat(face, 5, axis=0)
+        else:
+            sq = np.stack([square(im, self.preproc.size) for im in images])
+        x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
+        out, _ = self.model(pixels=x, face=torch.from_numpy(face).to(self.device))
+        out = out.float().cpu().numpy()
+        if tiles == 5:
+            out = out.reshape(len(images), 5, -1)
+            out = out.max(axis=1) if tile_agg == "max" else out.mean(axis=1)
+        return out
+
+    def _faces(self, images: list[Image.Image]) -> np.ndarray:
+        if self.detector is None:
+            return np.zeros((len(images), self.meta["n_face"]), np.float32)
+        return self.detector.features([np.asarray(im) for im in images]).astype(np.float32)
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        z = logits / self.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, items: list, tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
+        """Items (bytes, PIL or arrays) -> per item ``{label, probs{class: p}}``."""
+        p = self.probs(self.logits([self.prepare(i) for i in items], tiles, tile_agg))
+        pred = predict_with_thresholds(p, self.thresholds) if len(p) else []
+        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row)))}
+                for k, row in zip(pred, p)]
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+__all__ = ["save", "SiftModel", "Head", "META", "jpeg_bytes"]

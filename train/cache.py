@@ -1,0 +1,110 @@
+"""The embedding + face-feature cache, computed once by a Ray Data actor pool.
+
+While the backbone is frozen its embeddings never change, so each image goes through the ViT and
+the face detector once, here, instead of once per epoch. ``cache_views`` views are stored per
+image: view 0 is the eval (centre) view, the others are augmented crops, so the student and the
+teacher can be fed different views of the same image from the cache, which is what gives the
+consistency loss something to teach (Tarvainen & Valpola 2017, sec. 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import augment
+from .transforms import Preproc, center_crop, decode, normalize, to_uint8_batch
+
+KEEP = ["id", "group_id", "kind", "label", "pool", "score", "split", "path", "image"]
+
+
+class Embedder:
+    """``map_batches`` callable: stored JPEGs -> face features (B,F) + embeddings (B,V,D)."""
+
+    def __init__(self, backbone_dir: str, preproc: dict, views: int, faces: dict | None, seed: int,
+                 threads: int = 1):
+        from .model import load_backbone
+
+        torch.set_num_threads(threads)
+        self.model, _ = load_backbone(backbone_dir)
+        self.model.eval()
+        self.p = Preproc.from_dict(preproc)
+        self.views, self.seed = views, seed
+        self.detector = None
+        if faces:
+            from .faces import FaceDetector
+
+            self.detector = FaceDetector(**faces)
+
+    @torch.no_grad()
+    def embed(self, squares: list[np.ndarray], ids: list[str]) -> np.ndarray:
+        """uint8 squares (B,S,S,3) -> (B, V, D) float32; augmentations seeded by item ids."""
+        x = to_uint8_batch(squares)
+        g = torch.Generator().manual_seed(_seed_of(ids, self.seed))
+        views = [center_crop(x, self.p.crop)]
+        views += [augment(x, (self.p.crop, self.p.crop), generator=g) for _ in range(self.views - 1)]
+        out = []
+        for v in views:
+            z = self.model(pixel_values=normalize(v, self.p)).image_embeds
+            out.append(torch.nn.functional.normalize(z, dim=-1))
+        return torch.stack(out, dim=1).numpy().astype(np.float32)
+
+    def __call__(self, batch: dict) -> dict:
+        images = list(batch["image"])
+        ids = [str(i) for i in batch["id"]]
+        squares = [decode(b, self.p.size) for b in images]
+        out = {k: batch[k] for k in KEEP if k in batch}
+        out["emb"] = self.embed(squares, ids)
+        if self.detector is not None:
+            from flows.images import decode_rgb_array
+
+            out["face"] = self.detector.features([decode_rgb_array(b) for b in images])
+        else:
+            out["face"] = np.zeros((len(images), 0), np.float32)
+        return out
+
+
+def _seed_of(ids: list[str], seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(("|".join(ids) + str(seed)).encode()).digest()[:7], "big")
+
+
+def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, faces: dict | None,
+              seed: int) -> str:
+    """Identifies a cache: the data (its manifest), the backbone, preprocessing, views, detector."""
+    manifest = Path(data_dir) / "manifest.json"
+    data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else str(data_dir)
+    bb = Path(backbone_dir) / "config.json"
+    bb_id = hashlib.sha256(bb.read_bytes()).hexdigest() if bb.exists() else backbone_dir
+    weights = Path(backbone_dir) / "model.safetensors"
+    if weights.exists():  # random builtins share a config; their weights (seeded) identify them
+        st = weights.stat()
+        bb_id += f"{st.st_size}"
+    blob = json.dumps([data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, views: int,
+                faces: dict | None, seed: int, actors: int = 1, actor_cpus: float = 1.0,
+                io_cpus: float = 0.1, batch_size: int = 32) -> Path:
+    """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker)."""
+    import ray
+
+    if (out / "_SUCCESS").exists():
+        print(f"[cache] reusing {out}", flush=True)
+        return out
+    print(f"[cache] embedding {data_dir} with {backbone_dir} ({views} views) -> {out}", flush=True)
+    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=KEEP, num_cpus=io_cpus)
+    ds = ds.map_batches(
+        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed),
+        batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": io_cpus})
+    (tmp / "_SUCCESS").write_text("ok")
+    tmp.rename(out)
+    return out

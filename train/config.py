@@ -1,0 +1,90 @@
+"""The training stage's config: a frozen dataclass, defaults in ``train/configs/train.yaml``."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable
+
+from flows.config import flat, knob, load
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # model
+    backbone: str = "openai/clip-vit-base-patch32"
+    faces: bool = True
+    face_weights: str = "nudenet"
+    face_classes: tuple[str, ...] = ("FACE_FEMALE", "FACE_MALE")
+    face_extra_classes: tuple[str, ...] = ()
+    face_conf: float = knob(0.25, lo=0.0, hi=1.0)
+    hidden: int = knob(1024, lo=8, hi=16384)
+    dropout: float = knob(0.1, lo=0.0, hi=0.9)
+    score_head: bool = False
+    # schedule
+    epochs: int = knob(10, lo=1, hi=10_000)
+    steps_per_epoch: int = knob(0, lo=0, help="0: one pass over the labeled pool")
+    labeled_batch: int = knob(32, lo=1, hi=65536)
+    unlabeled_batch: int = knob(64, lo=0, hi=65536)
+    lr: float = knob(1e-3, lo=1e-7, hi=1.0)
+    backbone_lr: float = knob(1e-5, lo=0.0, hi=1.0)
+    weight_decay: float = knob(1e-4, lo=0.0, hi=1.0)
+    frozen_steps: int = knob(-1, lo=-1, help="steps with a frozen backbone; -1: the whole run")
+    unfreeze_last: int = knob(2, lo=0, hi=1000, help="transformer blocks unfrozen after warm-up")
+    cache_views: int = knob(2, lo=1, hi=16, help="augmented views per image in the embedding cache")
+    feature_noise: float = knob(0.1, lo=0.0, hi=5.0)
+    # mean teacher (Tarvainen & Valpola 2017)
+    mean_teacher: bool = True
+    ema_decay: float = knob(0.99, lo=0.0, hi=1.0)
+    consistency: str = knob("mse", choices=("mse", "kl"))
+    consistency_weight: float = knob(10.0, lo=0.0, hi=1e4)
+    consistency_rampup: int = knob(200, lo=0, help="steps of the sigmoid ramp-up")
+    confidence_threshold: float = knob(0.0, lo=0.0, hi=1.0)
+    noisy_sharpen: float = knob(1.0, lo=0.0, hi=10.0, help="teacher weight in noisy-pool targets")
+    # loss: asymmetric focal loss (Ridnik et al. 2021) + cost matrix
+    gamma_pos: float = knob(0.0, lo=0.0, hi=10.0)
+    gamma_neg: float = knob(4.0, lo=0.0, hi=10.0)
+    class_gamma: dict[str, float] = dataclasses.field(default_factory=dict)
+    label_smoothing: float = knob(0.05, lo=0.0, hi=0.5)
+    cost_worst: float = knob(5.0, lo=1.0, hi=1000.0, help="cost of true GOOD predicted BAD")
+    cost_weight: float = knob(0.5, lo=0.0, hi=100.0)
+    positive: str = "BAD"
+    negative: str = "GOOD"
+    # evaluation + selection
+    selection: str = "bad_recall@good2bad<=0.05"
+    threshold_rate: float = knob(0.05, lo=0.0, hi=1.0)
+    early_stop: int = knob(5, lo=0, help="epochs without improvement before stopping; 0 = never")
+    plateau_patience: int = knob(2, lo=0)
+    plateau_factor: float = knob(0.5, lo=0.01, hi=1.0)
+    eval_truth: str = knob("", help="optional JSONL {path, true} overriding labels for evaluation")
+    # Ray
+    num_workers: int = knob(1, lo=1, hi=4096)
+    cpus_per_worker: float = knob(1.0, lo=0.1, hi=256)
+    use_gpu: str = knob("auto", choices=("auto", "true", "false"))
+    cache_actors: int = knob(1, lo=1, hi=1024)
+    max_failures: int = knob(2, lo=0)
+    # tracking
+    experiment: str = "sift"
+    model_name: str = "sift-classifier"
+    run_name: str = ""
+    seed: int = knob(0, lo=0)
+
+    def validate(self) -> None:
+        if not self.backbone:
+            raise ValueError("backbone must be set (an HF id, a local dir, 'tiny' or 'random-vit-b32')")
+        if self.faces and not self.face_classes:
+            raise ValueError("faces=true needs at least one face class")
+
+
+def load_train(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> TrainConfig:
+    return load(TrainConfig, path, overrides, default_path=CONFIG_DIR / "train.yaml")
+
+
+def state_dir() -> Path:
+    """Where sift keeps its local state (MLflow store, model cache): ``$SIFT_HOME`` or ./.sift."""
+    return Path(os.environ.get("SIFT_HOME", ".sift")).resolve()
+
+
+__all__ = ["TrainConfig", "load_train", "flat", "state_dir"]

@@ -1,0 +1,83 @@
+"""End of training (rank 0): best weights -> calibration -> test -> plots -> artifact -> registry."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray.train
+
+from . import artifact, calibrate, metrics, plots, tracking
+from .data import PixelView
+from .loop import predict_logits
+from .worker import _iter
+
+
+def _logits(model, name, ctx):
+    shard = ray.train.get_dataset_shard(name)
+    logits, y, _ = predict_logits(model, _iter(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
+                                  PixelView(ctx["preproc"]))
+    keep = y >= 0
+    return logits[keep], y[keep]
+
+
+def _example_jpeg(ctx) -> bytes:
+    for nb in ray.train.get_dataset_shard("val").iter_batches(batch_size=1, batch_format="numpy"):
+        return bytes(nb["image"][0])
+    raise RuntimeError("the val split is empty: nothing to calibrate on")
+
+
+def finalize(ctx: dict, model, state: dict, mlflow, run) -> dict:
+    cfg, classes = ctx["cfg"], ctx["classes"]
+    best = state.get("best_state")
+    if best:
+        model.load_state_dict(best["weights"])
+    val_logits, val_y = _logits(model, "val", ctx)
+    temperature = calibrate.fit_temperature(val_logits, val_y) if len(val_y) else 1.0
+    val_p = calibrate.apply_temperature(val_logits, temperature)
+    thresholds = calibrate.choose_thresholds(val_p, val_y, classes, positive=cfg.positive,
+                                             negative=cfg.negative, max_rate=cfg.threshold_rate) \
+        if len(val_y) else [1.0 / len(classes)] * len(classes)
+    test_logits, test_y = _logits(model, "test", ctx)
+    test_p = calibrate.apply_temperature(test_logits, temperature)
+    out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"]}
+    cm = None
+    if len(test_y):
+        m = metrics.evaluate(test_p, test_y, classes, positive=cfg.positive, negative=cfg.negative,
+                             thresholds=thresholds)
+        cm = np.asarray(m.pop("confusion"))
+        out.update({f"test_{k}": float(v) for k, v in m.items()})
+    mv = metrics.evaluate(val_p, val_y, classes, positive=cfg.positive, negative=cfg.negative,
+                          thresholds=thresholds) if len(val_y) else {}
+    mv.pop("confusion", None)
+    out.update({f"val_cal_{k}": float(v) for k, v in mv.items()})
+    out_dir = Path(ctx["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        if cm is not None:
+            plots.confusion_plot(cm, classes, d / "confusion_test.png", title="test (calibrated, thresholds)")
+            plots.pr_curves_plot(test_p, test_y, classes, d / "pr_curves_test.png")
+            plots.reliability_plot(test_p, test_y, d / "reliability_test.png")
+        plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx["run_name"])
+        for png in d.glob("*.png"):
+            (out_dir / png.name).write_bytes(png.read_bytes())
+        if mlflow:
+            mlflow.log_artifacts(str(d), "plots")
+    faces = ctx.get("faces")
+    art = artifact.save(
+        out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
+        short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
+        faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout)
+    version = ""
+    if mlflow:
+        mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])
+        mlflow.log_metric(tracking.SELECTION, state["best"])
+        version = tracking.log_and_register(mlflow, art, cfg.model_name, classes, _example_jpeg(ctx))
+        mlflow.end_run()
+    summary = {"run_id": run.info.run_id if run else "", "run_name": ctx["run_name"], "model": str(art),
+               "model_name": cfg.model_name, "version": version, "thresholds": thresholds,
+               "classes": classes, "metrics": out, "confusion_test": cm.tolist() if cm is not None else None}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary

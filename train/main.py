@@ -1,0 +1,159 @@
+"""``sift train``: preprocessed data -> embedding cache -> Ray Train (mean teacher) -> MLflow.
+
+    sift train --data OUT_OF_PREPROCESS [--config FILE] [key=value ...]
+    ray job submit --working-dir . -- sift train --data /shared/data backbone=openai/clip-vit-base-patch32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import torch
+
+from flows.runtime import init_ray
+
+from .config import load_train, state_dir
+from .loop import LossSpec
+from .losses import default_cost_matrix
+from .model import load_backbone, resolve_backbone
+
+
+def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]]) -> LossSpec:
+    gamma = torch.tensor([cfg.class_gamma.get(c, cfg.gamma_pos) for c in classes]) if cfg.class_gamma else cfg.gamma_pos
+    return LossSpec(
+        gamma_pos=gamma, gamma_neg=cfg.gamma_neg, eps=cfg.label_smoothing,
+        cost=default_cost_matrix(classes, good=cfg.negative, bad=cfg.positive, worst=cfg.cost_worst),
+        cost_weight=cfg.cost_weight,
+        priors={classes.index(k): torch.tensor(v, dtype=torch.float32) for k, v in priors.items()},
+        mean_teacher=cfg.mean_teacher, consistency=cfg.consistency, consistency_weight=cfg.consistency_weight,
+        rampup=cfg.consistency_rampup, confidence_threshold=cfg.confidence_threshold,
+        noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay)
+
+
+def read_truth(path: str, classes: list[str], base: Path) -> dict[str, int]:
+    """``{"path", "true"}`` JSONL -> {absolute path: class index} (relative paths from ``base``)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("true") in classes:
+            p = Path(rec["path"])
+            out[str(p if p.is_absolute() else (base / p).resolve())] = classes.index(rec["true"])
+    return out
+
+
+def face_spec(cfg) -> dict | None:
+    if not cfg.faces:
+        return None
+    from .faces import default_weights
+
+    weights = default_weights() if cfg.face_weights == "nudenet" else Path(cfg.face_weights)
+    return {"weights": str(weights), "face_classes": tuple(cfg.face_classes),
+            "extra_classes": tuple(cfg.face_extra_classes), "conf": cfg.face_conf}
+
+
+def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | None = None) -> dict:
+    """Train on a preprocess output; returns the summary written by rank 0."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from . import tracking
+    from .cache import build_cache, cache_key
+    from .faces import feature_names
+    from .worker import train_loop_per_worker
+
+    init_ray(num_cpus)
+    data = Path(data).resolve()
+    manifest = json.loads((data / "manifest.json").read_text())
+    classes, priors = manifest["classes"], manifest.get("priors", {})
+    home = state_dir()
+    backbone_dir = resolve_backbone(cfg.backbone, home)
+    _, preproc = load_backbone(backbone_dir)
+    faces = face_spec(cfg)
+    n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0
+    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed)
+    cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
+                        actors=cfg.cache_actors)
+    meta = pads.dataset(str(cache), format="parquet").to_table(columns=["split", "label"]).to_pandas()
+    counts = {"n_labeled": int(((meta.split == "train") & (meta.label >= 0)).sum()),
+              "n_unlabeled": int(((meta.split == "train") & (meta.label < 0)).sum()),
+              "n_val": int(((meta.split == "val") & (meta.label >= 0)).sum())}
+    if counts["n_labeled"] == 0 or counts["n_val"] == 0:
+        raise SystemExit(f"sift train: need labeled train and val items, have {counts}")
+    # from here on progress is our per-epoch line; Ray Data's bars for every small read are noise
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.read_parquet(str(cache), num_cpus=0.1)
+    datasets = {
+        "labeled": ds.filter(expr="split == 'train' and label >= 0", num_cpus=0.1),
+        "unlabeled": ds.filter(expr="split == 'train' and label < 0", num_cpus=0.1),
+        "val": ds.filter(expr="split == 'val'", num_cpus=0.1),
+        "test": ds.filter(expr="split == 'test'", num_cpus=0.1),
+    }
+    run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
+    ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
+           "faces": faces, "spec": loss_spec(cfg, classes, priors), "relabel": relabel,
+           "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
+           "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
+           "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names), **counts}
+    gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    print(f"[train] {run_name}: {counts} backbone={cfg.backbone} faces={bool(faces)} "
+          f"workers={cfg.num_workers} gpu={gpu} mean_teacher={cfg.mean_teacher}", flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=ctx,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["labeled", "unlabeled"]),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=str(home / "ray_results"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+    trainer.fit()
+    return json.loads((Path(ctx["out_dir"]) / "summary.json").read_text())
+
+
+def table(summary: dict) -> str:
+    """The evaluation table printed at the end of a run."""
+    m = summary["metrics"]
+    classes = summary["classes"]
+    rows = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6}"]
+    for c in classes:
+        rows.append(f"{c:<10} {m.get(f'test_precision_{c}', float('nan')):9.3f} "
+                    f"{m.get(f'test_recall_{c}', float('nan')):7.3f} {m.get(f'test_f1_{c}', float('nan')):6.3f}")
+    keys = [k for k in m if k.startswith("test_") and ("recall_at" in k or k in ("test_macro_f1", "test_ece", "test_accuracy"))]
+    rows += [f"{k[5:]:<32} {m[k]:.3f}" for k in keys]
+    rows.append(f"temperature {m.get('temperature', 1.0):.3f}   thresholds "
+                + ", ".join(f"{c}={t:.3f}" for c, t in zip(classes, summary["thresholds"])))
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sift train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
+    ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or .sift/mlflow.db)")
+    ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: cores + 1)")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    cfg = load_train(args.config, args.overrides)
+    summary = run(cfg, args.data, args.tracking_uri, args.num_cpus)
+    print(table(summary))
+    print(f"run {summary['run_name']} ({summary['run_id']}): registered {summary['model_name']} "
+          f"v{summary['version']} @candidate; model at {summary['model']}")
+    print(f"promote: sift promote {summary['run_id']}    compare: sift runs    "
+          f"UI: mlflow ui --backend-store-uri {tracking_uri_hint()}")
+    return 0
+
+
+def tracking_uri_hint() -> str:
+    from .tracking import tracking_uri
+
+    return tracking_uri()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

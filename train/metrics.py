@@ -1,0 +1,265 @@
+"""Evaluation metrics for the sift classifier, in plain numpy.
+
+Conventions: ``probs`` (N, C) float, rows sum to 1; ``y`` (N,) int true labels in 0..C-1; ``pred`` (N,)
+int predicted labels; ``classes`` the C class names; ``cm`` a (C, C) confusion matrix, rows = true,
+columns = predicted.
+
+The costly mistake is a true GOOD item predicted BAD (the user loses good content), so the key
+operating point is "BAD recall at GOOD->BAD rate <= x": flag an item when its score is >= t, and keep
+the t that flags the most true-BAD items while flagging at most a fraction x of the true-GOOD ones.
+The class names are parameters (``positive``, ``negative``), so any label set works.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")  # MLflow metric names allow only these
+
+
+def confusion(y, pred, C: int) -> np.ndarray:
+    """(C, C) int64 counts, cm[i, j] = items of true class i predicted j; sums to N."""
+    y, pred = np.asarray(y, dtype=np.int64).ravel(), np.asarray(pred, dtype=np.int64).ravel()
+    if y.shape != pred.shape:
+        raise ValueError(f"y and pred differ in length: {y.shape[0]} vs {pred.shape[0]}")
+    if y.size and (min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= C):
+        raise ValueError(f"labels must lie in 0..{C - 1}")
+    return np.bincount(y * C + pred, minlength=C * C).reshape(C, C)
+
+
+def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1, support; 0 where a ratio is 0/0 (sklearn's zero_division=0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    precision, recall = div(tp, predicted), div(tp, support)
+    f1 = div(2 * precision * recall, precision + recall)
+    return precision, recall, f1, support
+
+
+def per_class_prf(cm, classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{name: {precision, recall, f1, support}} per class; undefined ratios are 0, never NaN."""
+    p, r, f, s = _prf(cm)
+    return {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)}
+
+
+def macro_f1(cm) -> float:
+    """Unweighted mean of the C per-class F1 scores (every class counts, even one with no items)."""
+    return float(_prf(cm)[2].mean()) if len(cm) else float("nan")
+
+
+def threshold_interval(scores, y, pos_idx: int, neg_idx: int,
+                       max_rate: float) -> tuple[float, float, float]:
+    """Exact threshold sweep behind ``recall_at_rate`` and ``calibrate.choose_thresholds``: (recall, lo, hi).
+
+    Every threshold t in the half-open interval (lo, hi] flags (score >= t) the same items, and that set
+    has the best positive recall with negative rate <= max_rate; among such sets it is the smallest
+    (highest threshold), so it pays no extra negatives for no extra recall. lo = -inf when everything is
+    flagged; hi = +inf when nothing is (recall 0). (nan, nan, nan) when either class has no items.
+    """
+    scores, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(y).ravel()
+    is_pos, is_neg = y == pos_idx, y == neg_idx
+    n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan, math.nan, math.nan
+    keep = is_pos | is_neg
+    order = np.argsort(-scores[keep], kind="stable")
+    s, pos = scores[keep][order], is_pos[keep][order]
+    cum_pos, cum_neg = np.cumsum(pos), np.cumsum(~pos)
+    # equal scores are flagged together: only the last index of a tie group is a reachable cut
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    ok = ends[cum_neg[ends] / n_neg <= max_rate]
+    if ok.size == 0 or cum_pos[ok].max() == 0:
+        return 0.0, float(s[0]), math.inf
+    best = ok[np.argmax(cum_pos[ok])]  # argmax takes the first, i.e. highest-threshold, best group
+    lo = float(s[best + 1]) if best + 1 < s.size else -math.inf
+    return float(cum_pos[best] / n_pos), lo, float(s[best])
+
+
+def recall_at_rate(scores, y, pos_idx: int, neg_idx: int, max_rate: float) -> tuple[float, float]:
+    """Best recall of class pos_idx when flagging ``scores >= t`` with neg_idx flag rate <= max_rate.
+
+    scores (N,) float, y (N,) int. Returns (recall, t). Exact: the sweep visits every distinct score, and
+    items with equal scores are flagged together. t is the highest threshold reaching that recall; when
+    nothing can be flagged, t is just above the highest score (possibly > 1). (nan, nan) when either
+    class has no items. Items of other classes are ignored.
+    """
+    recall, lo, hi = threshold_interval(scores, y, pos_idx, neg_idx, max_rate)
+    return recall, (float(np.nextafter(lo, np.inf)) if hi == math.inf else hi)
+
+
+def recall_at_fpr(probs, y, pos_idx: int, neg_idx: int, max_rate: float) -> tuple[float, float]:
+    """``recall_at_rate`` on the score P(pos) = probs[:, pos_idx]; e.g. BAD recall at GOOD->BAD <= x."""
+    return recall_at_rate(np.asarray(probs)[:, pos_idx], y, pos_idx, neg_idx, max_rate)
+
+
+def pr_curve(scores, is_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PR curve (precision, recall, thresholds), each (K,) over the K distinct scores, decreasing.
+
+    Point k flags scores >= thresholds[k]. Empty arrays when there is no positive item.
+    """
+    scores, is_pos = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(is_pos, dtype=bool).ravel()
+    if not is_pos.any():
+        return np.empty(0), np.empty(0), np.empty(0)
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], is_pos[order]
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # ties flagged together
+    tp = np.cumsum(pos)[ends]
+    return tp / (ends + 1), tp / pos.sum(), s[ends]
+
+
+def average_precision(scores, is_pos) -> float:
+    """AP = sum_k (R_k - R_{k-1}) P_k over the ``pr_curve`` points (as sklearn); NaN without positives."""
+    precision, recall, _ = pr_curve(scores, is_pos)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if recall.size else math.nan
+
+
+def reliability_bins(probs, y, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-label reliability diagram data: (mean confidence, accuracy, count), each (bins,).
+
+    Confidence = max_c probs; bin m holds confidences in ((m-1)/bins, m/bins] (Guo et al. 2017, "On
+    Calibration of Modern Neural Networks", sec. 2), confidence 0 going to the first bin. Empty bins
+    have confidence and accuracy 0.
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y).ravel()
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    nz = np.maximum(count, 1.0)  # empty bins: 0 / 1
+    return np.bincount(idx, conf, bins) / nz, np.bincount(idx, correct, bins) / nz, count
+
+
+def ece(probs, y, bins: int = 15) -> float:
+    """Expected calibration error, sum_m |B_m|/N |acc(B_m) - conf(B_m)| (Guo et al. 2017, eq. 3).
+
+    Top-label, ``bins`` equal-width bins; NaN when N == 0.
+    """
+    conf, acc, count = reliability_bins(probs, y, bins)
+    n = count.sum()
+    return float(np.sum(count * np.abs(acc - conf)) / n) if n else math.nan
+
+
+def predict_with_thresholds(probs, thresholds: Sequence[float]) -> np.ndarray:
+    """Serving rule: pred = argmax_c probs[:, c] / thresholds[c]; ties go to the lowest class index.
+
+    thresholds (C,) > 0. Only their ratios matter, so equal thresholds give plain argmax. A class with a
+    higher threshold needs proportionally more probability to win: with thresholds t_pos = tau for the
+    positive class and 1 - tau for every other class (what ``calibrate.choose_thresholds`` returns),
+    the positive class is predicted exactly when rival_share(probs, pos) >= tau, i.e. when
+    P(pos) / (P(pos) + P(best other class)) >= tau; with two classes that is simply P(pos) >= tau.
+    Serving copy: ``np.argmax(probs / thresholds, axis=1)``.
+    """
+    probs, t = np.asarray(probs, dtype=np.float64), np.asarray(thresholds, dtype=np.float64)
+    if t.shape != probs.shape[1:]:
+        raise ValueError(f"need {probs.shape[1]} thresholds, got shape {t.shape}")
+    if not np.all(t > 0):
+        raise ValueError(f"thresholds must be > 0, got {t.tolist()}")
+    return np.argmax(probs / t, axis=1)
+
+
+def rival_share(probs, pos_idx: int) -> np.ndarray:
+    """(N,) P(pos) / (P(pos) + max_{c != pos} P(c)), the score ``predict_with_thresholds`` thresholds.
+
+    0.5 where both are 0 (not reachable when rows sum to 1). Equals P(pos) for two classes.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    p = probs[:, pos_idx]
+    rival = np.delete(probs, pos_idx, axis=1).max(axis=1) if probs.shape[1] > 1 else np.zeros_like(p)
+    den = p + rival
+    return np.divide(p, den, out=np.full_like(p, 0.5), where=den > 0)
+
+
+def metric_name(name: str) -> str:
+    """A class name made safe for an MLflow metric key (other characters become '_')."""
+    return _BAD_NAME_CHARS.sub("_", str(name))
+
+
+def rate_tag(rate: float) -> str:
+    """Rate as integer percent for metric keys: 0.05 -> '5', 0.005 -> '0p5', 0.025 -> '2p5'."""
+    return f"{round(rate * 100, 6):g}".replace(".", "p")
+
+
+def operating_point_key(positive: str, negative: str, rate: float) -> str:
+    """'BAD_recall_at_GOOD2BAD_le_5' for ('BAD', 'GOOD', 0.05)."""
+    pos, neg = metric_name(positive), metric_name(negative)
+    return f"{pos}_recall_at_{neg}2{pos}_le_{rate_tag(rate)}"
+
+
+def evaluate(probs, y, classes: Sequence[str], *, positive: str = "BAD", negative: str = "GOOD",
+             rates: Sequence[float] = (0.01, 0.02, 0.05), thresholds: Sequence[float] | None = None) -> dict:
+    """Flat dict of float metrics for mlflow.log_metrics, plus "confusion" (C x C nested list of ints).
+
+    Predictions are argmax, or ``predict_with_thresholds`` when thresholds are given. Keys (class names
+    passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> for each
+    class and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
+    these predictions) and <pos>_recall_at_<neg>2<pos>_le_<pct> per rate (the best recall of a sweep
+    on P(positive), independent of the predictions). NaN where undefined (no items of a class).
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.int64).ravel()
+    C = len(classes)
+    if probs.ndim != 2 or probs.shape != (y.size, C):
+        raise ValueError(f"probs must be (N, C) = ({y.size}, {C}), got {probs.shape}")
+    pred = np.argmax(probs, axis=1) if thresholds is None else predict_with_thresholds(probs, thresholds)
+    cm = confusion(y, pred, C)
+    n = int(cm.sum())
+    out: dict = {"accuracy": float(np.trace(cm) / n) if n else math.nan,
+                 "macro_f1": macro_f1(cm), "ece": ece(probs, y)}
+    p, r, f, _ = _prf(cm)
+    for i, c in enumerate(classes):
+        name = metric_name(c)
+        out.update({f"precision_{name}": float(p[i]), f"recall_{name}": float(r[i]),
+                    f"f1_{name}": float(f[i])})
+    if positive in classes and negative in classes:
+        pi, ni = list(classes).index(positive), list(classes).index(negative)
+        n_neg = cm[ni].sum()
+        out[f"{metric_name(negative)}2{metric_name(positive)}_rate"] = (
+            float(cm[ni, pi] / n_neg) if n_neg else math.nan)
+        for rate in rates:
+            out[operating_point_key(positive, negative, rate)] = recall_at_fpr(probs, y, pi, ni, rate)[0]
+    out["confusion"] = cm.tolist()
+    return out
+
+
+_CRITERIA_HELP = ("accepted criteria: 'accuracy', 'macro_f1', '<metric>:<CLASS>' with metric in "
+                  "precision/recall/f1 (e.g. 'precision:GOOD'), and '<POS>_recall@<NEG>2<POS><=<rate>' "
+                  "(e.g. 'bad_recall@good2bad<=0.05')")
+
+
+def _lookup(metrics: dict, key: str, criterion: str) -> float:
+    by_lower = {k.lower(): k for k in metrics if k != "confusion"}
+    if key.lower() not in by_lower:
+        raise ValueError(f"criterion {criterion!r} needs metric {key!r}, which evaluate() did not "
+                         f"produce; available: {sorted(by_lower.values())}")
+    value = float(metrics[by_lower[key.lower()]])
+    return -math.inf if math.isnan(value) else value
+
+
+def selection_score(metrics: dict, criterion: str) -> float:
+    """The value of ``metrics`` (from ``evaluate``) named by ``criterion``; higher is always better.
+
+    Forms (class names case-insensitive): 'accuracy', 'macro_f1', 'precision:GOOD' (also recall:, f1:),
+    'bad_recall@good2bad<=0.05' -> metrics['BAD_recall_at_GOOD2BAD_le_5']. NaN is returned as -inf so
+    that an undefined run never wins a max(). ValueError for an unknown form or a missing metric.
+    """
+    crit = criterion.strip()
+    if crit.lower() in ("accuracy", "macro_f1"):
+        return _lookup(metrics, crit.lower(), criterion)
+    m = re.fullmatch(r"(precision|recall|f1)\s*:\s*(\S.*)", crit, flags=re.IGNORECASE)
+    if m:
+        return _lookup(metrics, f"{m[1].lower()}_{metric_name(m[2].strip())}", criterion)
+    m = re.fullmatch(r"(.+?)_recall@(.+)<=\s*([0-9.eE+-]+)", crit, flags=re.IGNORECASE)
+    if m:
+        pos, neg2pos = m[1].strip(), m[2].strip()
+        if neg2pos.lower().endswith("2" + pos.lower()) and len(neg2pos) > len(pos) + 1:
+            neg = neg2pos[: -len(pos) - 1]
+            try:
+                rate = float(m[3])
+            except ValueError:
+                rate = None
+            if rate is not None:
+                return _lookup(metrics, operating_point_key(pos, neg, rate), criterion)
+    raise ValueError(f"unknown selection criterion {criterion!r}; {_CRITERIA_HELP}")

@@ -1,0 +1,137 @@
+"""The classifier: CLIP vision tower -> [embedding ; face features] -> residual MLP head.
+
+    pixels (B,3,S,S) --CLIP ViT--> image_embeds (B,D) --L2 norm--> z
+    [z ; face (B,F)] --Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
+                                                                                  \\-> score (B,1), tanh (optional)
+
+CLIP embeddings are L2-normalised because that is the space CLIP was trained in (Radford et al.
+2021): their norm carries no class information and varies with the image.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .transforms import CLIP_MEAN, CLIP_STD, Preproc
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# backbones built from a config with random weights, saved and then loaded like any HF checkpoint
+BUILTIN = {"tiny": CONFIG_DIR / "tiny_clip.json", "random-vit-b32": None}
+
+
+def resolve_backbone(spec: str, cache_dir: Path) -> str:
+    """An HF id or local dir as given; a builtin name -> a local dir (built once, seeded)."""
+    if spec not in BUILTIN:
+        return spec
+    out = Path(cache_dir) / "backbones" / spec
+    if not (out / "config.json").exists():
+        build_random_backbone(spec, out)
+    return str(out)
+
+
+def build_random_backbone(spec: str, out: Path, seed: int = 0) -> None:
+    """Write a random-init CLIP vision tower + its image-processor config to ``out``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg_path = BUILTIN[spec]
+    config = CLIPVisionConfig(**json.loads(cfg_path.read_text())) if cfg_path else CLIPVisionConfig()
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(config)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # concurrent builders each write their own
+    model.save_pretrained(tmp)
+    side = config.image_size
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: same seed, same weights
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_backbone(path_or_id: str):
+    """``from_pretrained`` a CLIP vision tower (works on full CLIPModel checkpoints too).
+
+    Returns ``(model, Preproc)``; the preprocessing comes from the checkpoint's image-processor
+    config when present. The uint8 stage keeps a 1/8 margin around the crop for augmentation.
+    """
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection.from_pretrained(path_or_id)
+    crop, mean, std = model.config.image_size, CLIP_MEAN, CLIP_STD
+    try:
+        proc = CLIPImageProcessor.from_pretrained(path_or_id)
+        crop = int(proc.crop_size["height"])
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+    except (OSError, ValueError, KeyError):
+        pass  # no processor config: CLIP's defaults at the model's native size
+    return model, Preproc(size=crop + crop // 8, crop=crop, mean=mean, std=std)
+
+
+class Head(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.1, score_head: bool = False):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU())
+        self.block = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(),
+                                   nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, n_classes)
+        self.score = nn.Linear(hidden, 1) if score_head else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, D+F) -> logits (B, C), score (B,) in [-1, 1] or None."""
+        h = self.proj(x)
+        h = self.norm(h + self.block(h))
+        h = self.drop(h)
+        score = torch.tanh(self.score(h)).squeeze(-1) if self.score is not None else None
+        return self.out(h), score
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, n_classes: int, n_face: int, hidden: int = 1024,
+                 dropout: float = 0.1, score_head: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = int(backbone.config.projection_dim)
+        self.n_face = n_face
+        self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B,3,S,S) float -> L2-normalised embedding (B, D)."""
+        return F.normalize(self.backbone(pixel_values=pixels).image_embeds, dim=-1)
+
+    def from_embedding(self, z: torch.Tensor, face: torch.Tensor | None):
+        """Cached embedding (B,D) + face features (B,F) -> (logits, score). Head only."""
+        x = z if self.n_face == 0 else torch.cat([z, face.to(z.dtype)], dim=-1)
+        return self.head(x)
+
+    def forward(self, pixels: torch.Tensor | None = None, face: torch.Tensor | None = None,
+                z: torch.Tensor | None = None):
+        """Either ``pixels`` (B,3,S,S) or a cached embedding ``z`` (B,D); one entry point so that
+        DistributedDataParallel sees every call (it syncs gradients only through forward)."""
+        return self.from_embedding(self.embed(pixels) if z is None else z, face)
+
+
+def set_trainable(model: Classifier, unfreeze_last: int) -> list[nn.Parameter]:
+    """Freeze the backbone except its last ``unfreeze_last`` blocks (+ final norm, projection).
+
+    Returns the backbone parameters left trainable (for a separate, lower learning rate): the
+    later blocks hold the most task-specific features, so they adapt first (Howard & Ruder 2018).
+    """
+    bb = model.backbone
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    if unfreeze_last <= 0:
+        return []
+    parts = list(bb.vision_model.encoder.layers[-unfreeze_last:])
+    parts += [bb.vision_model.post_layernorm, bb.visual_projection]
+    params = [p for part in parts for p in part.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params

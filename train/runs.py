@@ -1,0 +1,63 @@
+"""``sift runs``: compare MLflow runs — key metrics, the params that differ, and a plot.
+
+    sift runs [--experiment sift] [--last 10] [--plot runs.png]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from .config import load_train, state_dir
+from .tracking import SELECTION, use
+
+KEY_METRICS = [SELECTION, "test_BAD_recall_at_GOOD2BAD_le_5", "test_BAD_recall_at_GOOD2BAD_le_1",
+               "test_macro_f1", "test_accuracy", "test_ece"]
+
+
+def compare(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Runs (as from ``mlflow.search_runs``) -> one row per run: name, metrics, differing params."""
+    params = [c for c in runs.columns if c.startswith("params.")]
+    differing = [c for c in params if runs[c].astype(str).nunique(dropna=False) > 1]
+    cols = {"tags.mlflow.runName": "run", "run_id": "run_id"}
+    cols.update({f"metrics.{m}": m for m in metrics if f"metrics.{m}" in runs.columns})
+    cols.update({c: c[len("params."):] for c in differing})
+    table = runs[list(cols)].rename(columns=cols)
+    table["run_id"] = table["run_id"].str[:8]
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sift runs", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiment", default=load_train().experiment)
+    ap.add_argument("--last", type=int, default=10, help="how many recent runs")
+    ap.add_argument("--metric", action="append", help="metrics to compare (repeatable)")
+    ap.add_argument("--plot", default=None, help="PNG path (default: .sift/runs_comparison.png)")
+    ap.add_argument("--tracking-uri")
+    args = ap.parse_args(argv)
+    mlflow = use(args.tracking_uri)
+    exp = mlflow.get_experiment_by_name(args.experiment)
+    if exp is None:
+        print(f"no experiment {args.experiment!r} at {mlflow.get_tracking_uri()}")
+        return 1
+    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=args.last)
+    if runs.empty:
+        print("no runs yet: sift train --data …")
+        return 1
+    metrics = args.metric or KEY_METRICS
+    table = compare(runs, metrics)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    from .plots import runs_comparison_plot
+
+    path = Path(args.plot) if args.plot else state_dir() / "runs_comparison.png"
+    rows = [{"run": r["run"], **{m: r.get(m) for m in metrics if m in table.columns}} for _, r in table.iterrows()]
+    runs_comparison_plot(rows, [m for m in metrics if m in table.columns], path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

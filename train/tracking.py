@@ -1,0 +1,111 @@
+"""MLflow: where runs go, how the model is logged and registered, promotion and comparison.
+
+Embedded default: a SQLite store and an artifact folder under the state dir (``$SIFT_HOME`` or
+``./.sift``). A server URI (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``) works the same way.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .config import state_dir
+
+SELECTION = "val_selection"  # the metric promotion compares (higher is better)
+PIP_REQUIREMENTS = ["torch", "transformers", "pillow", "numpy", "pandas", "ultralytics", "onnxruntime"]
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store (made absolute)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = state_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def use(uri: str | None = None):
+    """Point the mlflow client at the store; returns the module."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    return mlflow
+
+
+def experiment(mlflow, name: str) -> str:
+    """Get or create the experiment; a SQLite store keeps artifacts under the state dir."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class SiftPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: a DataFrame with base64 ``image`` -> label + per-class probs."""
+
+        def load_context(self, context):
+            from train.artifact import SiftModel
+
+            self.model = SiftModel(context.artifacts["model"])
+
+        def predict(self, context, model_input, params=None):
+            items = [base64.b64decode(s) for s in model_input["image"]]
+            rows = self.model.predict(items)
+            return pd.DataFrame([{"label": r["label"], **r["probs"]} for r in rows])
+
+    return SiftPyfunc
+
+
+def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[str], example_jpeg: bytes) -> str:
+    """Log the artifact as a pyfunc model with its signature, register it, alias it ``candidate``."""
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({"image": [base64.b64encode(example_jpeg).decode()]})
+    output = pd.DataFrame([{"label": classes[0], **{c: 1.0 / len(classes) for c in classes}}])
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=_pyfunc_class()(), artifacts={"model": str(artifact_dir)},
+        signature=infer_signature(example, output), input_example=example,
+        pip_requirements=PIP_REQUIREMENTS, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(model_name, "candidate", version)
+    return version
+
+
+def version_of_run(client, model_name: str, run_id: str):
+    versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if not versions:
+        raise SystemExit(f"run {run_id} has no registered version of model {model_name!r}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def promote(run_id: str, model_name: str, force: bool = False, uri: str | None = None) -> tuple[bool, str]:
+    """Move alias ``champion`` to the run's model version if it beats the current champion on
+    ``val_selection`` (or with ``force``). Returns ``(moved, message)``."""
+    mlflow = use(uri)
+    client = mlflow.MlflowClient()
+    mv = version_of_run(client, model_name, run_id)
+    score = client.get_run(run_id).data.metrics.get(SELECTION, float("nan"))
+    try:
+        champ = client.get_model_version_by_alias(model_name, "champion")
+    except Exception:  # no champion yet
+        champ = None
+    if champ is not None and champ.version == mv.version:
+        return False, f"version {mv.version} is already the champion"
+    if champ is not None and not force:
+        best = client.get_run(champ.run_id).data.metrics.get(SELECTION, float("nan"))
+        if not score > best:
+            return False, (f"not promoted: {SELECTION} {score:.4f} does not beat champion v{champ.version} "
+                           f"({best:.4f}); use --force to promote anyway")
+    client.set_registered_model_alias(model_name, "champion", mv.version)
+    return True, f"{model_name} v{mv.version} (run {run_id}, {SELECTION}={score:.4f}) is now @champion"

@@ -1,0 +1,88 @@
+"""The one image path into the model, shared by training, batch prediction and serving.
+
+stored JPEG bytes (or any RGB image) -> decode (JPEG draft) -> resize shortest edge to ``size`` ->
+centre square crop ``size`` -> uint8 (B,3,S,S) -> [training: random crop/flip/jitter to ``crop``;
+eval: centre crop to ``crop``] -> float, normalised with the backbone's mean/std.
+The spec travels inside the model artifact, so serving prepares images exactly as training did.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flows.images import to_rgb
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preproc:
+    size: int  # square side after resize + centre crop (uint8 stage)
+    crop: int  # model input side
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preproc":
+        return cls(int(d["size"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def square(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> (size, size, 3) uint8: shortest edge to ``size``, centre crop."""
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def decode(data: bytes, size: int) -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8, using JPEG draft mode when it helps."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format == "JPEG":
+            w, h = im.size
+            k = size / min(w, h)
+            if k < 1:
+                im.draft("RGB", (max(1, int(w * k + 0.5)), max(1, int(h * k + 0.5))))
+        return square(to_rgb(im.convert(im.mode)), size)
+
+
+def five_crops(img: Image.Image, size: int) -> np.ndarray:
+    """Tiling for large images: 4 corner squares + centre, each ``size`` -> (5, size, size, 3)."""
+    w, h = img.size
+    side = min(w, h) * 2 // 3 if min(w, h) > size else min(w, h)
+    boxes = [(0, 0), (w - side, 0), (0, h - side), (w - side, h - side), ((w - side) // 2, (h - side) // 2)]
+    return np.stack([square(img.crop((x, y, x + side, y + side)), size) for x, y in boxes])
+
+
+def to_uint8_batch(arrays: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).permute(0, 3, 1, 2).contiguous()
+
+
+def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
+    """(B,3,S,S) -> (B,3,crop,crop), no copy of the pixels outside."""
+    s = x.shape[-1]
+    o = (s - crop) // 2
+    return x[..., o:o + crop, o:o + crop]
+
+
+def normalize(x: torch.Tensor, p: Preproc) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> float32 normalised model input."""
+    mean = torch.tensor(p.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(p.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def eval_input(jpegs: list[bytes], p: Preproc) -> torch.Tensor:
+    """Encoded images -> eval model input (B,3,crop,crop) float32."""
+    return normalize(center_crop(to_uint8_batch([decode(b, p.size) for b in jpegs]), p.crop), p)

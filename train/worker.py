@@ -1,0 +1,181 @@
+"""The Ray Train worker loop: phases, evaluation, checkpoints, and (rank 0) the MLflow run.
+
+Frozen phase: the head trains from the embedding cache. Then the last K blocks unfreeze and the
+model trains from pixels at a lower backbone learning rate. Every epoch: evaluate student and
+teacher on val, step the plateau scheduler, checkpoint (a lost worker resumes from it), stop early
+when the selection metric stops improving. At the end rank 0 restores the best weights, fits the
+temperature and per-class thresholds on val, evaluates on test, writes plots and the artifact, and
+logs and registers the model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+
+from . import calibrate, metrics
+from .data import CacheView, PixelView, cycle, to_tensors
+from .loop import mix, predict_logits, train_step
+from .model import Classifier, load_backbone, set_trainable
+from .teacher import make_teacher
+
+
+def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True):
+    cols = None if mode == "pixels" else [c for c in ctx["columns"] if c != "image"]
+    kw = {"local_shuffle_buffer_size": batch * 8} if shuffle else {}
+    for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
+        if cols:
+            nb = {k: nb[k] for k in cols if k in nb}
+        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel)
+
+
+def _optimizer(model: Classifier, cfg, backbone_params):
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": cfg.backbone_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
+    logits, y, _ = predict_logits(model, _iter(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
+    labeled = y >= 0
+    logits, y = logits[labeled], y[labeled]
+    if len(y) == 0:
+        return {}, logits, y
+    probs = calibrate.apply_temperature(logits, 1.0)
+    m = metrics.evaluate(probs, y, ctx["classes"], positive=cfg.positive, negative=cfg.negative)
+    m.pop("confusion", None)
+    m["selection"] = metrics.selection_score(m, cfg.selection)
+    return {f"{prefix}_{k}": float(v) for k, v in m.items()}, logits, y
+
+
+def train_loop_per_worker(ctx: dict) -> None:
+    cfg = ctx["cfg"]
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    backbone, _ = load_backbone(ctx["backbone_dir"])
+    model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head)
+    set_trainable(model, 0)
+    teacher = make_teacher(model) if cfg.mean_teacher else None
+    opt = _optimizer(model, cfg, [])
+    state = {"step": 0, "epoch": 0, "best": -math.inf, "best_state": None, "bad_epochs": 0, "phase": "frozen",
+             "history": {}}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # resume after a lost worker: same phase, weights, optimizer, counters
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        if saved["state"]["phase"] == "unfrozen":
+            opt = _optimizer(model, cfg, set_trainable(model, cfg.unfreeze_last))
+        model.load_state_dict(saved["model"])
+        if teacher is not None:
+            teacher.load_state_dict(saved["teacher"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        print(f"[train] rank {rank} resumed at epoch {state['epoch']} step {state['step']}", flush=True)
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
+        if world > 1 else model
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
+                                                       patience=cfg.plateau_patience)
+    lab_shard = ray.train.get_dataset_shard("labeled")
+    unl_shard = ray.train.get_dataset_shard("unlabeled") if ctx["n_unlabeled"] and cfg.unlabeled_batch else None
+    steps = cfg.steps_per_epoch or max(1, math.ceil(ctx["n_labeled"] / (cfg.labeled_batch * world)))
+    mlflow, run = _start_run(ctx) if rank == 0 else (None, None)
+    cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx["preproc"])
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.time()
+        mode = "cache" if state["phase"] == "frozen" else "pixels"
+        lab_it = cycle(lambda: _iter(lab_shard, cfg.labeled_batch, mode, ctx))
+        unl_it = cycle(lambda: _iter(unl_shard, cfg.unlabeled_batch, mode, ctx)) if unl_shard else None
+        view = cache_view if mode == "cache" else pixel_view
+        sums: dict[str, float] = {}
+        for _ in range(steps):
+            batch = mix(next(lab_it), next(unl_it, None) if unl_it else None)
+            stats = train_step(ddp, teacher, opt, batch, view, ctx["spec"], state["step"], g)
+            state["step"] += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if mlflow and state["step"] % 10 == 0:
+                mlflow.log_metrics({f"train_{k}": v for k, v in stats.items()}, step=state["step"])
+            if mode == "cache" and 0 <= cfg.frozen_steps <= state["step"]:
+                break  # warm-up over: the rest of training is end to end
+        # -- evaluate both networks on val; the better one is the candidate ------------------
+        val_shard = ray.train.get_dataset_shard("val")
+        res = {"student": _evaluate(model, val_shard, mode, view, ctx, cfg, "val")[0]}
+        if teacher is not None:
+            res["teacher"] = _evaluate(teacher, val_shard, mode, view, ctx, cfg, "val")[0]
+        who = max(res, key=lambda k: res[k].get("val_selection", -math.inf))
+        score = res[who].get("val_selection", -math.inf)
+        sched.step(score if math.isfinite(score) else 0.0)
+        if score > state["best"]:
+            net = teacher if who == "teacher" else model
+            state.update(best=score, bad_epochs=0, best_state={"who": who, "phase": state["phase"],
+                                                                "weights": copy.deepcopy(net.state_dict())})
+        else:
+            state["bad_epochs"] += 1
+        if state["phase"] == "frozen" and 0 <= cfg.frozen_steps <= state["step"]:
+            state["phase"] = "unfrozen"
+            opt = _optimizer(model, cfg, set_trainable(model, cfg.unfreeze_last))
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
+                                                               patience=cfg.plateau_patience)
+        state["epoch"] = epoch + 1
+        report = {"epoch": epoch + 1, "step": state["step"], "val_selection": score, "best": state["best"],
+                  "epoch_s": time.time() - t0, **{f"train_{k}": v / max(1, steps) for k, v in sums.items()},
+                  **res[who], **{f"student_{k}": v for k, v in res["student"].items()}}
+        for k in ("val_selection", "train_loss"):
+            state["history"].setdefault(k, []).append((state["step"], report.get(k, float("nan"))))
+        if mlflow:
+            mlflow.log_metrics({k: float(v) for k, v in report.items() if _finite(v)}, step=state["step"])
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {state['step']} loss {report.get('train_loss', 0):.4f} "
+                  f"val {cfg.selection}={score:.4f} ({who}) {report['epoch_s']:.1f}s", flush=True)
+        # Ray Train prints what is reported: keep it to the headline numbers (MLflow has the rest)
+        brief = {k: report[k] for k in ("epoch", "step", "val_selection", "best", "train_loss") if k in report}
+        _report(brief, model, teacher, opt, state, rank)
+        if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
+            print(f"[train] early stop after {epoch + 1} epochs", flush=True)
+            break
+    if rank == 0:
+        from .finalize import finalize
+
+        finalize(ctx, model, state, mlflow, run)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _report(report, model, teacher, opt, state, rank):
+    """Every rank reports; rank 0 attaches the checkpoint (weights, optimizer, counters)."""
+    if rank != 0:
+        ray.train.report(report)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"model": model.state_dict(), "teacher": teacher.state_dict() if teacher else None,
+                    "opt": opt.state_dict(), "state": state}, Path(d) / "state.pt")
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _start_run(ctx: dict):
+    from flows.config import flat
+
+    from . import tracking
+
+    mlflow = tracking.use(ctx["tracking_uri"])
+    exp_id = tracking.experiment(mlflow, ctx["cfg"].experiment)
+    runs = mlflow.search_runs([exp_id], filter_string=f"tags.mlflow.runName = '{ctx['run_name']}'")
+    run = mlflow.start_run(run_id=runs.iloc[0]["run_id"]) if len(runs) else \
+        mlflow.start_run(experiment_id=exp_id, run_name=ctx["run_name"])
+    if not len(runs):
+        mlflow.log_params(flat(ctx["cfg"]))
+        mlflow.log_params({"data": ctx["data_dir"], "n_labeled": ctx["n_labeled"],
+                           "n_unlabeled": ctx["n_unlabeled"], "n_val": ctx["n_val"],
+                           "classes_list": ",".join(ctx["classes"])})
+        mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx["backbone_dir"]})
+    return mlflow, run
+
