@@ -1,6 +1,6 @@
 """``sift``: one console script, one subcommand per stage.
 
-Each subcommand is a module with ``main(argv=None)``, also runnable as ``python -m <module>``.
+Each subcommand is a ``main(argv=None)`` in a module (``python -m <module>`` runs the same).
 Modules are imported only when their subcommand runs, so ``sift --help`` is instant and the
 import direction flows <- train <- serve holds (this table names modules, it imports none).
 """
@@ -15,6 +15,9 @@ COMMANDS = {
     "train": ("train.main", "train the classifier on Ray Train, tracked and registered in MLflow"),
     "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
     "runs": ("train.runs", "compare MLflow runs: key metrics, differing params, a plot"),
+    "serve": ("serve.main", "start the HTTP API on Ray Serve (batched, GPU when present)"),
+    "classify": ("serve.client:classify_main", "classify files/folders via a server or locally"),
+    "score-folder": ("serve.client:score_folder_main", "score a folder by one class, copy those in range"),
 }
 
 
@@ -38,9 +41,10 @@ def main(argv=None) -> int:
     from .runtime import quiet_env
 
     quiet_env()
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, func = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), func or "main")
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except (ConfigError, IngestError) as exc:
         print(f"sift {name}: error: {exc}", file=sys.stderr)
         return 2

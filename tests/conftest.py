@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import os
+
 import pytest
 
 from flows.runtime import quiet_env  # noqa: E402
@@ -17,3 +19,42 @@ def ray_session():
     ray = init_ray(num_cpus=3)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sift_home(tmp_path_factory):
+    """A private state dir (MLflow SQLite store, caches, runs) for the whole session."""
+    home = tmp_path_factory.mktemp("sift_home")
+    old = os.environ.get("SIFT_HOME")
+    os.environ["SIFT_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("SIFT_HOME", None)
+    else:
+        os.environ["SIFT_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def preprocessed(tmp_path_factory, ray_session):
+    """A small generated corpus, preprocessed once: ``(corpus_dir, data_dir, manifest)``."""
+    from flows.config import load_preprocess
+    from flows.corpus import make_corpus
+    from flows.preprocess import run
+
+    root = tmp_path_factory.mktemp("prep")
+    make_corpus(root / "corpus", images=120, videos=2, seed=7, workers=1, progress=False)
+    cfg = load_preprocess(None, ["video_keyframes=3", "batch_size=16"])
+    manifest = run(root / "corpus", root / "data", cfg)
+    return root / "corpus", root / "data", manifest
+
+
+@pytest.fixture(scope="session")
+def trained(preprocessed, sift_home):
+    """A tiny model trained for a few steps on Ray Train into the session's SQLite MLflow."""
+    from train.config import CONFIG_DIR, load_train
+    from train.main import run
+
+    _, data, _ = preprocessed
+    cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=1", "steps_per_epoch=2", "frozen_steps=1",
+                                                "early_stop=0", "run_name=test-run"])
+    return run(cfg, data)

@@ -117,8 +117,9 @@ def train_step(student, teacher, opt, batch: dict, view: Callable, spec: LossSpe
     opt.step()
     if spec.mean_teacher and teacher is not None:
         ema_update(teacher, _unwrap(student), ema_decay(step, spec.ema_decay))
-    return {"loss": float(loss), "loss_clean": float(l_clean), "loss_noisy": float(l_noisy),
-            "loss_consistency": float(l_cons), "loss_score": float(l_score), "ramp": ramp}
+    parts = {"loss": loss, "loss_clean": l_clean, "loss_noisy": l_noisy, "loss_consistency": l_cons,
+             "loss_score": l_score}
+    return {**{k: float(v.detach()) for k, v in parts.items()}, "ramp": ramp}
 
 
 def _unwrap(model):

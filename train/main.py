@@ -87,11 +87,14 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     # from here on progress is our per-epoch line; Ray Data's bars for every small read are noise
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(str(cache), num_cpus=0.1)
+    # The labeled pool, val and test are small next to the unlabeled pool and are read every epoch
+    # (the labeled one many times): materialise them once instead of re-reading parquet each pass.
+    # The unlabeled pool streams.
     datasets = {
-        "labeled": ds.filter(expr="split == 'train' and label >= 0", num_cpus=0.1),
+        "labeled": ds.filter(expr="split == 'train' and label >= 0", num_cpus=0.1).materialize(),
         "unlabeled": ds.filter(expr="split == 'train' and label < 0", num_cpus=0.1),
-        "val": ds.filter(expr="split == 'val'", num_cpus=0.1),
-        "test": ds.filter(expr="split == 'test'", num_cpus=0.1),
+        "val": ds.filter(expr="split == 'val'", num_cpus=0.1).materialize(),
+        "test": ds.filter(expr="split == 'test'", num_cpus=0.1).materialize(),
     }
     run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None

@@ -8,19 +8,31 @@ from __future__ import annotations
 import argparse
 
 from .config import load_train
-from .tracking import promote
+from .tracking import promote, use
+
+
+def latest_run(model_name: str, uri: str | None) -> str:
+    """Run id of the newest registered version of ``model_name``."""
+    versions = use(uri).MlflowClient().search_model_versions(f"name='{model_name}'")
+    if not versions:
+        raise SystemExit(f"no registered versions of {model_name!r} yet: run `sift train` first")
+    return max(versions, key=lambda v: int(v.version)).run_id
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift promote", description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_id")
+    ap.add_argument("run_id", nargs="?", help="the training run (see `sift runs`)")
+    ap.add_argument("--latest", action="store_true", help="the most recent run with a registered model")
     ap.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
     ap.add_argument("--model-name", default=load_train().model_name)
     ap.add_argument("--tracking-uri")
     args = ap.parse_args(argv)
-    moved, message = promote(args.run_id, args.model_name, force=args.force, uri=args.tracking_uri)
+    if not args.run_id and not args.latest:
+        ap.error("give a RUN_ID or --latest")
+    run_id = args.run_id or latest_run(args.model_name, args.tracking_uri)
+    moved, message = promote(run_id, args.model_name, force=args.force, uri=args.tracking_uri)
     print(message)
-    return 0 if moved or "already" in message else 1
+    return 0  # "not better than the champion" is an answer, not an error
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Clients: ``sift classify`` and ``sift score-folder``, against a server or a local model.
+
+    sift classify photo.jpg clips/ [--server http://127.0.0.1:8000] [--json] [--tiles 5]
+    sift score-folder DIR --label BAD --min 0.6 [--max 1.0] [--copy-to OUT] [--server URL]
+
+Without ``--server`` the model runs in this process (``--model``: an artifact dir or
+``models:/sift-classifier@champion``), through the same Predictor the server uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from flows.schema import IMAGE_EXTS, VIDEO_EXTS
+
+
+def media_files(paths: list[str]) -> list[Path]:
+    """Files given directly, plus image/video files found recursively in given folders (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise SystemExit(f"no such file or folder: {p}")
+    return out
+
+
+class Remote:
+    """Talks to a running sift API."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def classify(self, path: Path, tiles: int = 1) -> dict:
+        data = path.read_bytes()
+        if path.suffix.lower() in VIDEO_EXTS:
+            r = self.http.post("/v1/classify/video", files={"file": (path.name, data)})
+            body = r.json()
+            return body if r.status_code == 200 else {"status": r.status_code, **body}
+        r = self.http.post("/v1/classify", files=[("files", (path.name, data))], params={"tiles": tiles})
+        body = r.json()
+        if r.status_code != 200:
+            return {"status": r.status_code, **body}
+        return body["results"][0]
+
+
+class Local:
+    """Runs the model in-process with the server's own code path."""
+
+    def __init__(self, model: str, tracking_uri: str | None = None):
+        from serve.config import load_serve
+
+        from .predictor import Limits, Predictor, resolve_model
+
+        path, name, version = resolve_model(model, tracking_uri)
+        self.cfg = load_serve()
+        self.limits = Limits.of(self.cfg)
+        self.predictor = Predictor(path, name, version)
+
+    def classify(self, path: Path, tiles: int = 1) -> dict:
+        from .predictor import ApiError, prepare_image
+
+        data = path.read_bytes()
+        try:
+            if path.suffix.lower() in VIDEO_EXTS:
+                return self._video(path)
+            arr = prepare_image(data, self.limits, self.predictor.model.short_edge)
+        except ApiError as exc:
+            return {"status": exc.status, **exc.body()}
+        return self.predictor.classify([arr], tiles=tiles)[0]
+
+    def _video(self, path: Path) -> dict:
+        import numpy as np
+
+        from flows import video as v
+
+        from .deployments import sampled_frames
+
+        se = self.predictor.model.short_edge
+        try:
+            frames = v.extract_keyframes(str(path), short_edge=se, k=self.cfg.video_keyframes)
+            frames += list(sampled_frames(str(path), self.cfg.video_fps, se, self.cfg))
+            duration = v.probe(str(path)).duration
+        except v.VideoError as exc:
+            return {"status": 422, "error": {"code": exc.reason, "message": exc.detail}}
+        res = self.predictor.classify([f.image for f in frames])
+        probs = np.array([[r["probs"][c] for c in self.predictor.classes] for r in res])
+        return self.predictor.video_summary([f.timestamp for f in frames], [f.kind for f in frames], probs,
+                                            duration, how=self.cfg.video_aggregate, window=self.cfg.video_smooth)
+
+
+def backend(args) -> Remote | Local:
+    if args.server:
+        return Remote(args.server, args.token or os.environ.get("SIFT_API_TOKEN"))
+    return Local(args.model, args.tracking_uri)
+
+
+def _common(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--server", help="URL of a running sift API; without it the model runs locally")
+    ap.add_argument("--token", help="bearer token (default: $SIFT_API_TOKEN)")
+    ap.add_argument("--model", default="models:/sift-classifier@champion", help="local mode: artifact dir or models:/ URI")
+    ap.add_argument("--tracking-uri")
+    ap.add_argument("--tiles", type=int, default=1, choices=(1, 5))
+
+
+def classify_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sift classify", description="Classify images and videos.")
+    ap.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    _common(ap)
+    args = ap.parse_args(argv)
+    be, files = backend(args), media_files(args.paths)
+    failed = 0
+    for f in files:
+        r = be.classify(f, args.tiles)
+        failed += "error" in r
+        if args.json:
+            print(json.dumps({"path": str(f), **r}), flush=True)
+        elif "error" in r:
+            print(f"{str(f):60s} ERROR {r.get('status', '')} {r['error']['code']}: {r['error']['message']}")
+        else:
+            probs = "  ".join(f"{c}={p:.2f}" for c, p in r["probs"].items())
+            extra = f"  ({len(r['segments'])} segments)" if "segments" in r else ""
+            print(f"{str(f):60s} {r['label']:10s} {probs}{extra}", flush=True)
+    return 1 if failed == len(files) and files else 0
+
+
+def score_folder_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sift score-folder",
+                                 description="Score a folder, sort by a class's probability, copy those in range.")
+    ap.add_argument("folder")
+    ap.add_argument("--label", required=True, help="the class whose probability is the score")
+    ap.add_argument("--min", type=float, default=0.5, dest="lo")
+    ap.add_argument("--max", type=float, default=1.0, dest="hi")
+    ap.add_argument("--copy-to", help="copy matching files here (folder structure kept)")
+    _common(ap)
+    args = ap.parse_args(argv)
+    be, root = backend(args), Path(args.folder)
+    scored = []
+    for f in media_files([args.folder]):
+        r = be.classify(f, args.tiles)
+        if "error" in r:
+            print(f"skip {f}: {r['error']['code']}", file=sys.stderr)
+            continue
+        if args.label not in r["probs"]:
+            raise SystemExit(f"--label {args.label!r} is not one of the model's classes {list(r['probs'])}")
+        scored.append((r["probs"][args.label], f))
+    scored.sort(key=lambda t: -t[0])
+    picked = [(s, f) for s, f in scored if args.lo <= s <= args.hi]
+    for s, f in scored:
+        print(f"{s:.3f}  {'*' if args.lo <= s <= args.hi else ' '}  {f}")
+    if args.copy_to:
+        for _, f in picked:
+            dst = Path(args.copy_to) / f.relative_to(root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst)
+    print(f"{len(picked)} of {len(scored)} files with {args.label} in [{args.lo}, {args.hi}]"
+          + (f" copied to {args.copy_to}" if args.copy_to else ""))
+    return 0

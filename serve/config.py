@@ -1,0 +1,79 @@
+"""The serving stage's config (defaults in ``serve/configs/serve.yaml``)."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from pathlib import Path
+from typing import Iterable
+
+from flows.config import build, knob, load
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    model: str = "models:/sift-classifier@champion"
+    tracking_uri: str = ""
+    host: str = "127.0.0.1"
+    port: int = knob(8000, lo=1, hi=65535)
+    token: str = knob("", help="bearer token; required when binding beyond loopback ($SIFT_API_TOKEN)")
+    device: str = knob("auto", choices=("auto", "cpu", "cuda"))
+    # batching (model deployment)
+    max_batch_size: int = knob(32, lo=1, hi=4096)
+    batch_wait_timeout_s: float = knob(0.01, lo=0.0, hi=10.0)
+    max_ongoing_requests: int = knob(64, lo=1, help="per model replica; >= max_batch_size or batches never fill")
+    max_queued_requests: int = knob(256, lo=-1, help="beyond this the API answers 503")
+    min_replicas: int = knob(1, lo=0, hi=1024)
+    max_replicas: int = knob(1, lo=1, hi=1024)
+    target_ongoing_requests: float = knob(16.0, lo=0.1)
+    model_cpus: float = knob(1.0, lo=0.0, hi=64)
+    model_gpus: float = knob(0.0, lo=0.0, hi=16)
+    preprocess_replicas: int = knob(1, lo=1, hi=1024)
+    preprocess_cpus: float = knob(0.5, lo=0.0, hi=64)
+    ingress_cpus: float = knob(0.25, lo=0.0, hi=64)
+    # limits
+    max_body_bytes: int = knob(25_000_000, lo=1)
+    max_video_bytes: int = knob(200_000_000, lo=1)
+    max_items: int = knob(64, lo=1, help="images per /v1/classify request")
+    max_pixels: int = knob(50_000_000, lo=1)
+    image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+    video_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
+    request_timeout_s: float = knob(60.0, lo=0.1)
+    # video
+    video_fps: float = knob(1.0, lo=0.01, hi=60.0, help="sampled frames per second")
+    video_keyframes: int = knob(8, lo=0, hi=256)
+    video_max_seconds: float = knob(1800.0, lo=1.0)
+    video_aggregate: str = knob("max", choices=("max", "mean", "topk"))
+    video_smooth: int = knob(3, lo=1, hi=101)
+    # jobs
+    jobs_db: str = knob("", help="SQLite file of the job queue (default: $SIFT_HOME/jobs.db)")
+    max_pending_jobs: int = knob(1000, lo=1)
+    job_concurrency: int = knob(8, lo=1, hi=1024)
+
+    def validate(self) -> None:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(f"host={self.host} is beyond loopback: set token=... (or $SIFT_API_TOKEN); "
+                             "the API refuses to serve without auth there")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_serve(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> ServeConfig:
+    return load(ServeConfig, path, overrides, default_path=CONFIG_DIR / "serve.yaml")
+
+
+def from_args(args: dict) -> ServeConfig:
+    """For ``serve deploy``: the application's ``args`` over the YAML defaults, checked the same way."""
+    base = dataclasses.asdict(load_serve())
+    base.update(args or {})
+    return build(ServeConfig, base, where="serve args")

@@ -1,0 +1,148 @@
+"""The two worker deployments: CPU preprocessing and the batched model.
+
+    ingress (FastAPI) --bytes--> Preprocess (CPU: validate, decode, resize; ffmpeg for video)
+                      --RGB arrays--> Model (@serve.batch; GPU when present)
+
+Errors from bad input come back as values (``{"error": …, "status": …}``), not exceptions, so the
+ingress maps them to 4xx answers without unwrapping Ray's exception types.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+from ray import serve
+
+from .config import ServeConfig
+from .predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sniff_kind
+
+
+def _error(exc: ApiError) -> dict:
+    return {"status": exc.status, **exc.body()}
+
+
+@serve.deployment(name="Preprocess")
+class Preprocess:
+    def __init__(self, cfg: ServeConfig):
+        from flows.runtime import quiet_env
+
+        quiet_env()
+        self.cfg, self.limits = cfg, Limits.of(cfg)
+
+    def image(self, data: bytes, short_edge: int):
+        try:
+            return prepare_image(data, self.limits, short_edge)
+        except ApiError as exc:
+            return _error(exc)
+
+    def video(self, data: bytes, short_edge: int, fps: float) -> dict:
+        """Uploaded video -> thumbnail + scene keyframes + frames sampled at ``fps``.
+
+        ffmpeg needs a seekable local file for mp4/mov, so the upload is written to a private temp
+        file that is removed before returning.
+        """
+        from flows import video as v
+
+        try:
+            if sniff_kind(data, self.limits) != "video":
+                raise ApiError(415, "unsupported_format", "expected a video (mp4, webm, mov, mkv)")
+            with tempfile.TemporaryDirectory(prefix="sift-video-") as d:
+                path = os.path.join(d, "upload")
+                with open(path, "wb") as f:
+                    f.write(data)
+                info = v.probe(path, timeout=30)
+                v.check_limits(info, self.cfg.video_max_seconds, self.cfg.max_pixels)
+                frames = v.extract_keyframes(path, short_edge=short_edge, k=self.cfg.video_keyframes,
+                                             timeout=self.cfg.request_timeout_s, max_seconds=self.cfg.video_max_seconds,
+                                             max_pixels=self.cfg.max_pixels)
+                frames += list(sampled_frames(path, fps, short_edge, self.cfg))
+        except v.VideoError as exc:
+            status = 413 if exc.reason in ("video_too_long", "video_too_big") else 422
+            return {"status": status, "error": {"code": exc.reason, "message": exc.detail}}
+        except ApiError as exc:
+            return _error(exc)
+        return {"times": [f.timestamp for f in frames], "kinds": [f.kind for f in frames],
+                "frames": [f.image for f in frames], "duration": info.duration}
+
+
+def sampled_frames(path: str, fps: float, short_edge: int, cfg: ServeConfig):
+    """Evenly sampled frames (the long-video sampler); empty if it is not available."""
+    try:
+        from flows.video import sample_frames
+    except ImportError:
+        try:
+            from flows.video_sample import sample_frames
+        except ImportError:
+            return iter(())
+    return sample_frames(path, fps=fps, short_edge=short_edge, timeout=cfg.request_timeout_s,
+                         max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)
+
+
+@serve.deployment(name="Model")
+class Model:
+    def __init__(self, cfg: ServeConfig):
+        from flows.runtime import quiet_env
+
+        quiet_env()
+        self.cfg = cfg
+        self.predictor: Predictor | None = None
+        self.uri = None
+        self._load(cfg.model)
+        self.infer.set_max_batch_size(cfg.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def _load(self, uri: str) -> None:
+        """Load the model, then swap it in: requests in flight finish on the old one."""
+        import torch
+
+        path, name, version = resolve_model(uri, self.cfg.tracking_uri or None)
+        device = self.cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.predictor = Predictor(path, name, version, device=device)
+        self.uri = uri
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``serve deploy`` with a new ``user_config`` (e.g. after ``sift promote``) reloads the
+        model in place: the alias is resolved again, so a new champion is picked up."""
+        uri = (user_config or {}).get("model", self.uri)
+        if user_config.get("reload") or uri != self.uri:
+            self._load(uri)
+
+    def info(self) -> dict:
+        p = self.predictor
+        return {"model": p.name, "version": p.version, "classes": p.classes,
+                "short_edge": p.model.short_edge, "uri": self.uri}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def infer(self, requests: list[tuple]) -> list[dict]:
+        """Batched: ``(rgb array, tiles, tile_agg)`` per request -> result dict per request."""
+        t0 = time.perf_counter()
+        out: list[dict | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (_, tiles, agg) in enumerate(requests):
+            groups[(tiles, agg)].append(i)
+        for (tiles, agg), idx in groups.items():
+            res = self.predictor.classify([requests[i][0] for i in idx], tiles=tiles, tile_agg=agg)
+            for i, r in zip(idx, res):
+                out[i] = r
+        ms = (time.perf_counter() - t0) * 1000
+        for r in out:
+            r["batch_size"], r["latency_ms"] = len(requests), round(ms, 2)
+        return out
+
+    async def __call__(self, array: np.ndarray, tiles: int = 1, tile_agg: str = "mean") -> dict:
+        return await self.infer((array, tiles, tile_agg))
+
+    async def video(self, frames: list[np.ndarray], times: list[float], kinds: list[str], duration: float,
+                    how: str, window: int) -> dict:
+        """All frames of one video through the same batcher, then the timeline."""
+        import asyncio
+
+        res = await asyncio.gather(*[self.infer((f, 1, "mean")) for f in frames])
+        p = self.predictor
+        probs = np.array([[r["probs"][c] for c in p.classes] for r in res])
+        return p.video_summary(times, kinds, probs, duration, how=how, window=window)

@@ -1,0 +1,56 @@
+"""``sift serve``: start the API on Ray Serve and keep it running (Ctrl-C stops it cleanly).
+
+    sift serve                                      # models:/sift-classifier@champion on 127.0.0.1:8000
+    sift serve model=.sift/runs/RUN/model port=8080 max_batch_size=64
+    sift serve host=0.0.0.0 token=$SIFT_API_TOKEN   # beyond loopback a token is required
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+
+from .config import load_serve
+
+
+def start(cfg, blocking: bool = False):
+    """Start Serve's HTTP proxy on cfg.host:cfg.port and deploy the app; returns the handle."""
+    from ray import serve
+
+    from flows.runtime import init_ray
+
+    from .app import build_app
+
+    init_ray()
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    return serve.run(build_app(cfg), name="sift", route_prefix="/", blocking=blocking)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sift serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="YAML overriding serve/configs/serve.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if os.environ.get("SIFT_API_TOKEN") and not any(o.startswith("token=") for o in overrides):
+        overrides.append(f"token={os.environ['SIFT_API_TOKEN']}")
+    cfg = load_serve(args.config, overrides)
+    start(cfg)
+    print(f"sift serving {cfg.model} at http://{cfg.host}:{cfg.port}  (docs: /docs, Ctrl-C to stop)", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    from ray import serve
+
+    serve.shutdown()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The serving core without Ray: resolve a model, validate input, classify images and videos.
+
+The HTTP app (``serve/app.py``) and the local client (``sift classify`` without ``--server``) both
+use this, so a request means the same thing whether it goes over HTTP or not.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from flows.images import open_image, resize_short
+from flows.validate import Reject, check
+from train.artifact import META, SiftModel
+from train.timeline import aggregate, segments, smooth
+
+# reject reason -> HTTP status: 413 too big, 415 not a supported medium, 422 undecodable, 400 else
+STATUS = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "video_too_long": 413, "video_too_big": 413,
+          "not_media": 415, "unsupported_format": 415, "decode_error": 422, "too_small": 422,
+          "video_error": 422}
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` (4xx/503), a machine ``code`` and a human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def from_reject(exc: Reject, what: str = "") -> ApiError:
+    return ApiError(STATUS.get(exc.reason, 400), exc.reason, f"{what}{exc.reason}: {exc.detail}".strip())
+
+
+def find_artifact(root: Path) -> Path:
+    """The artifact dir inside a downloaded MLflow model (pyfunc keeps it under artifacts/model)."""
+    for cand in (root, root / "artifacts" / "model"):
+        if (cand / META).exists():
+            return cand
+    hits = list(root.rglob(META))
+    if not hits:
+        raise FileNotFoundError(f"no {META} under {root}: not a sift model")
+    return hits[0].parent
+
+
+def resolve_model(uri: str, tracking_uri: str | None = None, cache: Path | None = None) -> tuple[Path, str, str]:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local dir -> (local dir, name, version)."""
+    if not uri.startswith("models:/"):
+        path = Path(uri)
+        return find_artifact(path), path.name, "local"
+    from train.config import state_dir
+    from train.tracking import use
+
+    mlflow = use(tracking_uri or None)
+    client = mlflow.MlflowClient()
+    ref = uri[len("models:/"):]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, version = ref.rsplit("/", 1)
+    dst = Path(cache or state_dir() / "serve_models") / name / str(version)
+    if not (dst / ".complete").exists():
+        dst.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst))
+        (dst / ".complete").write_text("ok")
+    return find_artifact(dst), name, str(version)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_video_bytes: int
+    max_pixels: int
+    image_formats: tuple[str, ...]
+    video_formats: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cfg) -> "Limits":
+        return cls(cfg.max_body_bytes, cfg.max_video_bytes, cfg.max_pixels, tuple(cfg.image_formats),
+                   tuple(cfg.video_formats))
+
+
+def sniff_kind(data: bytes, limits: Limits) -> str:
+    """'image' or 'video', or an ApiError saying why neither (size, format, not media)."""
+    try:
+        return check(data[:512], len(data), max_bytes=limits.max_bytes, image_formats=limits.image_formats,
+                     video_formats=limits.video_formats, max_video_bytes=limits.max_video_bytes).kind
+    except Reject as exc:
+        raise from_reject(exc) from None
+
+
+def prepare_image(data: bytes, limits: Limits, short_edge: int) -> np.ndarray:
+    """Encoded image -> RGB uint8 (H, W, 3) resized like a preprocessed item; ApiError if bad."""
+    if sniff_kind(data, limits) != "image":
+        raise ApiError(415, "unsupported_format", "expected an image, got a video (use /v1/classify/video)")
+    try:
+        img = open_image(data, max_pixels=limits.max_pixels, short_edge=short_edge)
+    except Reject as exc:
+        raise from_reject(exc) from None
+    return np.asarray(resize_short(img, short_edge))
+
+
+class Predictor:
+    """A loaded model plus the response format; ``classify`` takes prepared RGB arrays."""
+
+    def __init__(self, model_dir: Path, name: str = "", version: str = "", device: str = "cpu"):
+        self.model = SiftModel(model_dir, device=device)
+        self.name, self.version = name or Path(model_dir).name, version or "local"
+        self.classes = self.model.classes
+
+    def classify(self, arrays: list[np.ndarray], tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
+        """Prepared images -> per item {label, probs, thresholds, model, version}."""
+        t0 = time.perf_counter()
+        logits = self.model.logits([Image.fromarray(a) for a in arrays], tiles=tiles, tile_agg=tile_agg)
+        probs = self.model.probs(logits)
+        return self.format(probs, latency_ms=(time.perf_counter() - t0) * 1000)
+
+    def format(self, probs: np.ndarray, latency_ms: float = 0.0) -> list[dict]:
+        from train.metrics import predict_with_thresholds
+
+        pred = predict_with_thresholds(probs, self.model.thresholds) if len(probs) else []
+        thresholds = dict(zip(self.classes, map(float, self.model.thresholds)))
+        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
+                 "thresholds": thresholds, "model": self.name, "version": self.version,
+                 "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
+
+    def video_summary(self, times: list[float], kinds: list[str], probs: np.ndarray, duration: float,
+                      how: str = "max", window: int = 3) -> dict:
+        """Frame probabilities -> per-frame scores, a smoothed timeline and a video-level label."""
+        order = np.argsort(times, kind="stable")
+        t = np.asarray(times, dtype=float)[order]
+        p = probs[order]
+        sm = smooth(p, window)
+        from train.metrics import predict_with_thresholds
+
+        labels = predict_with_thresholds(sm, self.model.thresholds)
+        video = aggregate(p, how)
+        video = video / video.sum()
+        vlabel = int(predict_with_thresholds(video[None], self.model.thresholds)[0])
+        frames = [{"t": float(t[i]), "kind": kinds[int(order[i])], "label": self.classes[int(labels[i])],
+                   "probs": dict(zip(self.classes, map(float, p[i])))} for i in range(len(t))]
+        return {"label": self.classes[vlabel], "probs": dict(zip(self.classes, map(float, video))),
+                "aggregate": how, "frames": frames, "segments": segments(t, labels, sm, self.classes, end=duration),
+                "duration": duration, "model": self.name, "version": self.version}

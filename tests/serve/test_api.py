@@ -1,0 +1,216 @@
+"""The HTTP API on a real in-process Ray Serve with the tiny trained model."""
+import asyncio
+import base64
+import io
+import socket
+import struct
+import subprocess
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg(seed=0, size=(200, 150)):
+    a = np.random.default_rng(seed).integers(0, 256, (size[1] // 10, size[0] // 10, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).resize(size).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _bomb():
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    d = bytearray(buf.getvalue())
+    d[16:24] = struct.pack(">II", 30000, 30000)
+    d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])) & 0xFFFFFFFF)
+    return bytes(d)
+
+
+@pytest.fixture(scope="module")
+def server(trained, sift_home, tmp_path_factory):
+    """Deploys the app (re-deployable with other settings) and yields (deploy, client)."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.config import load_serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    db = tmp_path_factory.mktemp("jobs") / "jobs.db"
+
+    def deploy(*overrides):
+        cfg = load_serve(None, [f"model={trained['model']}", f"port={port}", f"jobs_db={db}",
+                                "batch_wait_timeout_s=0.02", *overrides])
+        serve.run(build_app(cfg), name="sift", route_prefix="/")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        for _ in range(120):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.5)
+        return cfg, client
+
+    yield deploy, db
+    serve.delete("sift")
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    deploy, _ = server
+    return deploy()[1]
+
+
+def test_classify_multipart_and_json_with_tiles(api, trained):
+    r = api.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(1))), ("files", ("b.jpg", _jpeg(2)))])
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["name"] for x in res] == ["a.jpg", "b.jpg"]
+    for x in res:
+        assert x["label"] in ("BAD", "NEUTRAL", "GOOD") and abs(sum(x["probs"].values()) - 1) < 1e-5
+        assert set(x["thresholds"]) == {"BAD", "NEUTRAL", "GOOD"}
+        assert x["version"] == "local" and x["latency_ms"] >= 0 and x["batch_size"] >= 1
+    j = api.post("/v1/classify", json={"images": [base64.b64encode(_jpeg(1)).decode()], "tiles": 5,
+                                        "tile_agg": "max"})
+    assert j.status_code == 200 and j.json()["results"][0]["label"] in ("BAD", "NEUTRAL", "GOOD")
+
+
+def test_same_answer_as_the_local_model(api, trained):
+    from train.artifact import SiftModel
+
+    local = SiftModel(trained["model"]).predict([_jpeg(3)])[0]
+    remote = api.post("/v1/classify", files=[("files", ("c.jpg", _jpeg(3)))]).json()["results"][0]
+    assert remote["label"] == local["label"]
+    for c, p in local["probs"].items():
+        assert abs(remote["probs"][c] - p) < 1e-5
+
+
+@pytest.mark.parametrize("kind, request_kw, status", [
+    ("not json", dict(content=b"{", headers={"content-type": "application/json"}), 400),
+    ("bad base64", dict(json={"images": ["!!not base64!!"]}), 400),
+    ("no items", dict(json={"images": []}), 422),
+    ("bad option", dict(json={"images": [base64.b64encode(_jpeg()).decode()], "tiles": 3}), 422),
+    ("wrong content type", dict(content=b"abc", headers={"content-type": "text/plain"}), 415),
+])
+def test_bad_requests_get_4xx_json(api, kind, request_kw, status):
+    r = api.post("/v1/classify", **request_kw)
+    assert r.status_code == status, (kind, r.text)
+    assert "code" in r.json()["error"]
+    assert api.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("data, status, code", [
+    (b"", 400, "empty"),
+    (b"just some text, not an image at all", 415, "not_media"),
+    (b"<!doctype html><html></html>", 415, "not_media"),
+    (_jpeg()[:300], 422, "decode_error"),
+    (_bomb(), 413, "too_many_pixels"),
+])
+def test_bad_images_get_per_item_errors_and_the_rest_answers(api, data, status, code):
+    r = api.post("/v1/classify", files=[("files", ("bad", data)), ("files", ("ok.jpg", _jpeg(4)))])
+    assert r.status_code == 200
+    bad, ok = r.json()["results"]
+    assert (bad["status"], bad["error"]["code"]) == (status, code)
+    assert ok["label"] in ("BAD", "NEUTRAL", "GOOD")
+
+
+def test_body_too_large_is_413(server):
+    deploy, _ = server
+    _, client = deploy("max_body_bytes=20000")
+    r = client.post("/v1/classify", files=[("files", ("big.jpg", _jpeg(5, size=(900, 700)) + b"\0" * 30000))])
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    deploy()  # back to defaults
+
+
+def test_video_gives_frames_timeline_and_a_label(api, tmp_path):
+    path = tmp_path / "v.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=320x240:d=3", "-f", "lavfi",
+                    "-i", "color=c=blue:s=320x240:d=3", "-filter_complex", "[0][1]concat=n=2:v=1[v]",
+                    "-map", "[v]", "-pix_fmt", "yuv420p", str(path)], check=True)
+    r = api.post("/v1/classify/video", files={"file": ("v.mp4", path.read_bytes())}, params={"aggregate": "mean"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in ("BAD", "NEUTRAL", "GOOD") and body["aggregate"] == "mean"
+    times = [f["t"] for f in body["frames"]]
+    assert times == sorted(times) and len(times) >= 3 and abs(body["duration"] - 6.0) < 0.2
+    segs = body["segments"]
+    assert segs[0]["start"] == pytest.approx(times[0]) and segs[-1]["end"] == pytest.approx(6.0, abs=0.2)
+    bad = api.post("/v1/classify/video", files={"file": ("v.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x01" * 500)})
+    assert bad.status_code == 422 and api.get("/healthz").status_code == 200
+
+
+def test_jobs_run_and_survive_a_restart(server, api):
+    from serve.jobs import JobStore
+
+    deploy, db = server
+    items = [{"name": f"i{k}", "image": base64.b64encode(_jpeg(k)).decode()} for k in range(3)]
+    r = api.post("/v1/jobs", json={"items": items})
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    job = r.json()["id"]
+    # a job accepted before a crash: in the DB, claimed by a worker that died (lease long expired)
+    store = JobStore(db, clock=lambda: time.time() - 3600)
+    stale = store.submit([{"name": "s", "image_b64": items[0]["image"]}], {"tiles": 1})
+    assert store.claim("dead-worker:1", lease_s=1.0)["id"] in (job, stale)
+    store.close()
+    _, client = deploy("job_concurrency=2")  # a restart: new replicas, same DB
+    for jid in (job, stale):
+        for _ in range(240):
+            body = client.get(f"/v1/jobs/{jid}").json()
+            if body["status"] in ("done", "failed"):
+                break
+            time.sleep(0.25)
+        assert body["status"] == "done", body
+        assert all(res and res["label"] in ("BAD", "NEUTRAL", "GOOD") for res in body["results"])
+    assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_auth_required_when_a_token_is_set(server):
+    deploy, _ = server
+    _, client = deploy("token=s3cret")
+    assert client.post("/v1/classify", json={"images": []}).status_code == 401
+    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))], headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/healthz").status_code == 200  # liveness stays open for orchestrators
+    deploy()
+
+
+def test_overload_answers_503_and_the_server_stays_healthy(server):
+    deploy, _ = server
+    cfg, client = deploy("max_ongoing_requests=1", "max_queued_requests=1", "max_batch_size=1",
+                         "batch_wait_timeout_s=0.5")
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
+            img = _jpeg(6)
+            return await asyncio.gather(*[c.post("/v1/classify", files=[("files", ("a.jpg", img))]) for _ in range(16)])
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert 503 in codes and 200 in codes, codes
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(7)))]).status_code == 200
+    deploy()
+
+
+def test_metrics_count_requests_errors_and_batches(api):
+    assert api.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(8)))]).status_code == 200
+    api.post("/v1/classify", json={"images": []})
+    text = api.get("/metrics").text
+    assert 'sift_requests_total{code="200",endpoint="classify"}' in text
+    assert 'sift_errors_total{code="422",endpoint="classify"}' in text
+    assert "sift_batch_size_bucket" in text and "sift_request_latency_seconds_bucket" in text
+
+
+def test_openapi_documents_the_endpoints(api):
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v1/classify/video", "/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz",
+            "/metrics"} <= set(paths)

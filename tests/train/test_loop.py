@@ -1,0 +1,105 @@
+"""train_step / predict_logits invariants on a small model (no Ray)."""
+import torch
+import torch.nn as nn
+
+from train.data import CacheView
+from train.loop import LossSpec, mix, predict_logits, supervised_terms, train_step
+from train.teacher import make_teacher
+
+
+class TinyNet(nn.Module):
+    """Stands in for Classifier: same call signature (z=, face=) and outputs."""
+
+    def __init__(self, d=16, c=3):
+        super().__init__()
+        self.lin = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, c))
+
+    def forward(self, pixels=None, face=None, z=None):
+        return self.lin(z), None
+
+
+def spec(mean_teacher=True, **kw):
+    base = dict(gamma_pos=0.0, gamma_neg=4.0, eps=0.0, cost=None, cost_weight=0.0,
+                priors={1: torch.tensor([0.3, 0.65, 0.05])}, mean_teacher=mean_teacher, consistency="mse",
+                consistency_weight=1.0, rampup=5, confidence_threshold=0.0, noisy_sharpen=1.0, ema_decay=0.9)
+    base.update(kw)
+    return LossSpec(**base)
+
+
+def batch(n=24, v=2, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    centers = torch.randn(3, d, generator=g) * 3
+    x = centers[y][:, None, :] + torch.randn(n, v, d, generator=g)
+    pool = torch.zeros(n, dtype=torch.long)
+    pool[y == 1] = 1  # the NEUTRAL items are a noisy pool
+    return {"x": x, "face": torch.zeros(n, 0), "label": y, "pool": pool, "score": torch.full((n,), float("nan"))}
+
+
+def test_thirty_steps_on_one_batch_lower_the_loss():
+    torch.manual_seed(0)
+    student = TinyNet()
+    teacher = make_teacher(student)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    b, view = batch(), CacheView(noise=0.05)
+    first = train_step(student, teacher, opt, dict(b), view, spec(), 0)["loss"]
+    for step in range(1, 30):
+        last = train_step(student, teacher, opt, dict(b), view, spec(), step)["loss"]
+    assert last < 0.5 * first
+
+
+def test_teacher_gets_no_gradient_and_follows_by_ema():
+    student = TinyNet()
+    teacher = make_teacher(student)
+    before = [p.clone() for p in teacher.parameters()]
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    train_step(student, teacher, opt, batch(), CacheView(0.0), spec(), step=3)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, teacher.parameters()))
+
+
+def test_supervised_only_takes_the_noisy_pool_at_its_word():
+    b = batch()
+    logits = torch.randn(len(b["label"]), 3)
+    clean, noisy = supervised_terms(logits, b, spec(mean_teacher=False), None)
+    assert float(noisy) == 0.0 and float(clean) > 0
+    clean_mt, noisy_mt = supervised_terms(logits, b, spec(), None)
+    assert float(noisy_mt) > 0  # the prior, not the label, is the target
+
+
+def test_unlabeled_items_only_feed_consistency():
+    b = batch()
+    unl = batch(seed=1)
+    unl["label"][:] = -1
+    unl["pool"][:] = 2
+    m = mix(b, unl)
+    assert len(m["label"]) == 48
+    logits = torch.randn(48, 3)
+    c1, n1 = supervised_terms(logits, m, spec(), None)
+    c2, n2 = supervised_terms(logits[:24], b, spec(), None)
+    assert torch.allclose(c1, c2) and torch.allclose(n1, n2)
+
+
+def test_cache_view_gives_student_and_teacher_different_views():
+    b = batch(v=4)
+    seen = {}
+
+    class Probe(TinyNet):
+        def forward(self, pixels=None, face=None, z=None):
+            seen[len(seen)] = z
+            return super().forward(z=z)
+
+    net, view = Probe(), CacheView(noise=0.0, dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    view(net, b, "student", g)
+    view(net, b, "teacher", g)
+    view(net, b, "eval", g)
+    assert not torch.equal(seen[0], seen[1])
+    assert torch.equal(seen[2], b["x"][:, 0])
+
+
+def test_predict_logits_keeps_order_and_labels():
+    net = TinyNet()
+    batches = [batch(seed=s) for s in range(3)]
+    logits, y, pools = predict_logits(net, batches, CacheView(0.0))
+    assert logits.shape == (72, 3) and (y == torch.cat([b["label"] for b in batches]).numpy()).all()

@@ -1,0 +1,43 @@
+"""Training end to end: real Ray Train, real SQLite MLflow store, the tiny model."""
+import pytest
+
+
+@pytest.mark.slow
+def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(trained, sift_home):
+    from train.artifact import SiftModel
+    from train.tracking import SELECTION, use
+
+    s = trained
+    assert s["run_id"] and s["version"] and len(s["thresholds"]) == 3
+    mlflow = use()
+    assert mlflow.get_tracking_uri().startswith("sqlite:///") and str(sift_home) in mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    run = client.get_run(s["run_id"])
+    assert run.data.params["backbone"] == "tiny" and run.data.params["mean_teacher"] == "True"
+    assert SELECTION in run.data.metrics and "test_macro_f1" in run.data.metrics
+    assert any(k.startswith("train_loss") for k in run.data.metrics)
+    history = client.get_metric_history(s["run_id"], "train_loss")
+    assert history  # per-epoch metric recorded with its step
+    plots = {a.path for a in client.list_artifacts(s["run_id"], "plots")}
+    assert {"plots/confusion_test.png", "plots/curves.png"} <= plots
+    mv = client.get_model_version_by_alias("sift-classifier", "candidate")
+    assert mv.run_id == s["run_id"]
+    # the artifact is self-describing and loads back
+    model = SiftModel(s["model"])
+    assert model.classes == ["BAD", "NEUTRAL", "GOOD"] and model.detector is not None
+    assert model.meta["faces"]["face_classes"] == ["FACE_FEMALE", "FACE_MALE"]
+
+
+@pytest.mark.slow
+def test_promote_and_runs(trained, sift_home, capsys):
+    from train.promote import main as promote
+    from train.runs import main as runs
+    from train.tracking import use
+
+    assert promote([trained["run_id"]]) == 0
+    client = use().MlflowClient()
+    assert client.get_model_version_by_alias("sift-classifier", "champion").run_id == trained["run_id"]
+    assert "already the champion" in (promote([trained["run_id"]]) == 0 and capsys.readouterr().out)
+    assert runs(["--plot", str(sift_home / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert "test-run" in out and (sift_home / "cmp.png").stat().st_size > 1000
