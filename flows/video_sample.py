@@ -78,8 +78,8 @@ def select_expr(fps: float) -> str:
 def sample_cmd(path: str, out_w: int, out_h: int, fps: float, start: float | None = None,
                end: float | None = None, max_frames: int | None = None) -> list[str]:
     """One ffmpeg decoding ``[start, end)`` of the first real video stream of ``path``: frames at
-    ``fps`` as raw RGB24 (out_h x out_w x 3) on stdout, one ``pts_time`` record each on stderr,
-    relative to ``start`` (see the module docstring).
+    ``fps`` as raw RGB24 (out_h x out_w x 3) on stdout, one pts record each on stderr, relative
+    to ``start`` (see the module docstring). ``end`` becomes the output ``-t end-start``.
 
     The select runs before scaling, so only kept frames are scaled. ``settb=AVTB``: the logged
     integer ``pts`` is then in microseconds (``pts_time`` is printed with 6 significant digits
