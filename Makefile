@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: setup
-	$(VENV)/bin/sift make-corpus $(DEMO)/corpus --images 240 --videos 6 --seed 0 --workers 2
+	$(VENV)/bin/sift make-corpus $(DEMO)/corpus --images 480 --videos 6 --seed 0 --workers 2
 	$(VENV)/bin/sift preprocess --input $(DEMO)/corpus --output $(DEMO)/data
 	$(VENV)/bin/sift train --data $(DEMO)/data --config train/configs/tiny.yaml
 	$(VENV)/bin/sift promote --latest

@@ -1,7 +1,7 @@
 """The classifier: CLIP vision tower -> [embedding ; face features] -> residual MLP head.
 
     pixels (B,3,S,S) --CLIP ViT--> image_embeds (B,D) --L2 norm--> z
-    [z ; face (B,F)] --Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
+    [z ; face (B,F)] --BatchNorm--Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
                                                                                   \\-> score (B,1), tanh (optional)
 
 CLIP embeddings are L2-normalised because that is the space CLIP was trained in (Radford et al.
@@ -76,6 +76,12 @@ def load_backbone(path_or_id: str):
 class Head(nn.Module):
     def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.1, score_head: bool = False):
         super().__init__()
+        # Standardise each input feature with batch statistics (running ones at eval): CLIP
+        # embeddings share a large common direction (mean cosine ~0.8 between unrelated images
+        # for a random tower) and face features live on other scales; without this the class
+        # signal sits in a tiny, badly conditioned subspace. Its running stats are buffers, which
+        # the EMA teacher averages too.
+        self.norm_in = nn.BatchNorm1d(in_dim)
         self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU())
         self.block = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(),
                                    nn.Dropout(dropout), nn.Linear(hidden, hidden))
@@ -86,7 +92,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, D+F) -> logits (B, C), score (B,) in [-1, 1] or None."""
-        h = self.proj(x)
+        h = self.proj(self.norm_in(x))
         h = self.norm(h + self.block(h))
         h = self.drop(h)
         score = torch.tanh(self.score(h)).squeeze(-1) if self.score is not None else None
