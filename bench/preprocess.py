@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     from flows.runtime import init_ray
 
     t = time.time()
-    init_ray(num_cpus=3)  # 2 actor CPUs + headroom for 0.1-CPU read/write tasks
+    init_ray()  # the default local Ray: 2 logical CPUs per core (see flows/runtime.py)
     print(f"ray.init: {time.time() - t:.1f} s (not counted below)")
     results = {}
     for n in sorted({args.small, args.images}):

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input", required=True, help="folder tree (label folders) or JSONL manifest")
     ap.add_argument("--output", required=True, help="output folder (data/, rejects, manifest.json)")
     ap.add_argument("--config", help="YAML file overriding flows/configs/preprocess.yaml")
-    ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: cores + 1)")
+    ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     cfg = load_preprocess(args.config, args.overrides)

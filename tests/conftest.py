@@ -16,7 +16,7 @@ def ray_session():
     """A real local Ray shared by the whole session (ray.init costs ~7 s here)."""
     from flows.runtime import init_ray
 
-    ray = init_ray(num_cpus=3)
+    ray = init_ray()
     yield ray
     ray.shutdown()
 

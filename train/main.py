@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
     ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or .sift/mlflow.db)")
-    ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: cores + 1)")
+    ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     cfg = load_train(args.config, args.overrides)
