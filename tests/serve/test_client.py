@@ -1,0 +1,66 @@
+"""sift classify / sift score-folder, locally and against the running API."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.client import classify_main, media_files, score_folder_main
+
+pytestmark = pytest.mark.slow
+
+
+def _write(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(a).resize((160, 120)).save(path, "JPEG")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(4):
+        _write(root / ("sub" if i % 2 else "") / f"p{i}.jpg", i)
+    (root / "notes.txt").write_text("not media")  # ignored by folder scanning (extension)
+    (root / "broken.jpg").write_bytes(b"not really a jpeg")
+    return root
+
+
+def test_media_files_recurses_and_keeps_given_files(folder):
+    files = media_files([str(folder)])
+    assert len(files) == 5 and all(f.suffix == ".jpg" for f in files)
+    with pytest.raises(SystemExit):
+        media_files([str(folder / "nope")])
+
+
+def test_classify_locally_prints_json_lines(folder, trained, capsys):
+    assert classify_main([str(folder), "--json", "--model", trained["model"]]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 5
+    broken = next(l for l in lines if l["path"].endswith("broken.jpg"))
+    assert broken["status"] == 415 and broken["error"]["code"] == "not_media"
+    ok = [l for l in lines if "label" in l]
+    assert len(ok) == 4 and all(abs(sum(l["probs"].values()) - 1) < 1e-5 for l in ok)
+
+
+def test_score_folder_sorts_and_copies_the_range(folder, trained, tmp_path, capsys):
+    out = tmp_path / "picked"
+    assert score_folder_main([str(folder), "--label", "BAD", "--min", "0.0", "--max", "1.0",
+                              "--copy-to", str(out), "--model", trained["model"]]) == 0
+    text = capsys.readouterr().out
+    scores = [float(l.split()[0]) for l in text.splitlines() if l[:1].isdigit() and "files with" not in l]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 4
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["p0.jpg", "p2.jpg", "sub/p1.jpg", "sub/p3.jpg"]
+    none = tmp_path / "none"
+    score_folder_main([str(folder), "--label", "BAD", "--min", "1.01", "--copy-to", str(none), "--model", trained["model"]])
+    assert not none.exists() or not any(none.rglob("*.jpg"))
+    with pytest.raises(SystemExit, match="not one of"):
+        score_folder_main([str(folder), "--label", "NSFW", "--model", trained["model"]])
+
+
+def test_classify_against_the_server(api, folder, capsys):
+    url = str(api.base_url)
+    assert classify_main([str(folder / "p0.jpg"), str(folder / "broken.jpg"), "--server", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ERROR 415 not_media" in out[1] and out[0].split()[1] in ("BAD", "NEUTRAL", "GOOD")
