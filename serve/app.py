@@ -152,8 +152,21 @@ class Api:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+def resolved(cfg: ServeConfig) -> ServeConfig:
+    """Pin the MLflow store and the jobs DB to absolute locations here, where the app is built:
+    replicas run in other processes (other nodes, other working dirs) and must not each guess."""
+    import dataclasses
+
+    from train.config import state_dir
+    from train.tracking import tracking_uri
+
+    return dataclasses.replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri(),
+                               jobs_db=cfg.jobs_db or str(state_dir() / "jobs.db"))
+
+
 def build_app(cfg: ServeConfig):
     """The bound application graph, sized from the config."""
+    cfg = resolved(cfg)
     pre = Preprocess.options(num_replicas=cfg.preprocess_replicas,
                              ray_actor_options={"num_cpus": cfg.preprocess_cpus}).bind(cfg)
     model = Model.options(
