@@ -62,10 +62,13 @@ def resolve_model(uri: str, tracking_uri: str | None = None, cache: Path | None 
     ref = uri[len("models:/"):]
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
+        mv = client.get_model_version_by_alias(name, alias)
     else:
-        name, version = ref.rsplit("/", 1)
-    dst = Path(cache or state_dir() / "serve_models") / name / str(version)
+        name, number = ref.rsplit("/", 1)
+        mv = client.get_model_version(name, number)
+    version = str(mv.version)
+    # keyed by run too: version numbers restart in every MLflow store
+    dst = Path(cache or state_dir() / "serve_models") / name / f"{version}-{mv.run_id}"
     if not (dst / ".complete").exists():
         dst.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst))

@@ -4,6 +4,7 @@ import base64
 import io
 import struct
 import subprocess
+import threading
 import time
 import zlib
 
@@ -174,3 +175,25 @@ def test_openapi_documents_the_endpoints(api):
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/v1/classify", "/v1/classify/video", "/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz",
             "/metrics"} <= set(paths)
+
+
+def test_redeploy_with_a_new_model_drops_no_request(server, trained):
+    deploy, _ = server
+    _, client = deploy(f"model=models:/sift-classifier/{trained['version']}")
+    img = [("files", ("a.jpg", _jpeg(9)))]
+    assert client.post("/v1/classify", files=img).json()["results"][0]["version"] == trained["version"]
+    codes, stop = [], threading.Event()
+
+    def fire():
+        with httpx.Client(base_url=str(client.base_url), timeout=120) as c:
+            while not stop.is_set():
+                codes.append(c.post("/v1/classify", files=img).status_code)
+
+    t = threading.Thread(target=fire)
+    t.start()
+    deploy()  # the local artifact: replicas roll over while requests keep coming
+    time.sleep(1.0)
+    stop.set()
+    t.join()
+    assert codes and set(codes) == {200}, codes
+    assert client.post("/v1/classify", files=img).json()["results"][0]["version"] == "local"
