@@ -6,6 +6,7 @@ hostile file cannot make a worker allocate gigabytes (decompression bombs, huge 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -82,18 +83,23 @@ def check(head: bytes, size: int, *, max_bytes: int, image_formats, video_format
     return what
 
 
-def read_head(path: str, n: int = 512) -> tuple[bytes, int]:
-    """The first ``n`` bytes of a local file and its size; missing files become a Reject."""
+@contextlib.contextmanager
+def _rejecting_os_errors(path: str):
+    """Missing or unreadable files become a Reject with a reason, not an exception."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            return f.read(n), size
+        yield
     except FileNotFoundError:
         raise Reject("missing", path) from None
     except IsADirectoryError:
         raise Reject("not_media", f"{path} is a directory") from None
     except OSError as exc:
         raise Reject("missing", f"{path}: {exc.strerror}") from None
+
+
+def read_head(path: str, n: int = 512) -> tuple[bytes, int]:
+    """The first ``n`` bytes of a local file and its size."""
+    with _rejecting_os_errors(path), open(path, "rb") as f:
+        return f.read(n), os.fstat(f.fileno()).st_size
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -107,15 +113,8 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 def read_limited(path: str, limit: int) -> bytes:
     """Read a local file, refusing (without reading it all) one larger than ``limit`` bytes."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise Reject("missing", path) from None
-    except IsADirectoryError:
-        raise Reject("not_media", f"{path} is a directory") from None
-    except OSError as exc:
-        raise Reject("missing", f"{path}: {exc.strerror}") from None
+    with _rejecting_os_errors(path), open(path, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise Reject("too_large", f"more than {limit} bytes")
     return data
