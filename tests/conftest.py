@@ -3,12 +3,28 @@ from __future__ import annotations
 
 
 import os
+import sys
 
 import pytest
 
 from flows.runtime import quiet_env  # noqa: E402
 
 quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uri_stays_put():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that after each test so one
+    test's private store never becomes the next test's default."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        if "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(before)
 
 
 @pytest.fixture(scope="session")
