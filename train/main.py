@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -112,11 +113,17 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["labeled", "unlabeled"]),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(home / "ray_results"),
+            name=run_name, storage_path=str(home / "ray_results"), worker_runtime_env=_worker_env(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
     trainer.fit()
     return json.loads((Path(ctx["out_dir"]) / "summary.json").read_text())
+
+
+def _worker_env() -> dict | None:
+    """Environment the train workers need from this process (fault injection for tests)."""
+    env = {k: os.environ[k] for k in ("SIFT_FAIL_AFTER_EPOCH",) if k in os.environ}
+    return {"env_vars": env} if env else None
 
 
 def table(summary: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -137,6 +138,7 @@ def train_loop_per_worker(ctx: dict) -> None:
         # Ray Train prints what is reported: keep it to the headline numbers (MLflow has the rest)
         brief = {k: report[k] for k in ("epoch", "step", "val_selection", "best", "train_loss") if k in report}
         _report(brief, model, teacher, opt, state, rank)
+        _maybe_fail(ctx, epoch + 1)
         if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
             print(f"[train] early stop after {epoch + 1} epochs", flush=True)
             break
@@ -144,6 +146,17 @@ def train_loop_per_worker(ctx: dict) -> None:
         from .finalize import finalize
 
         finalize(ctx, model, state, mlflow, run)
+
+
+def _maybe_fail(ctx: dict, epoch: int) -> None:
+    """Fault injection for the resume test: ``SIFT_FAIL_AFTER_EPOCH=N`` kills this worker once,
+    right after the checkpoint of epoch N (a marker file makes the restarted worker carry on)."""
+    n = os.environ.get("SIFT_FAIL_AFTER_EPOCH")
+    marker = Path(ctx["out_dir"]) / "injected_failure"
+    if n and int(n) == epoch and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(epoch))
+        raise RuntimeError(f"injected failure after epoch {epoch} (SIFT_FAIL_AFTER_EPOCH)")
 
 
 def _finite(v) -> bool:
