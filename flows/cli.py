@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "make-corpus": ("flows.corpus", "write the deterministic synthetic media corpus"),
+    "scrape": ("flows.scrape", "visit feeds in headless Chromium, collect + compress media, filtered feed"),
     "preprocess": ("flows.preprocess", "raw media -> deduplicated, split parquet shards (Ray Data)"),
     "train": ("train.main", "train the classifier on Ray Train, tracked and registered in MLflow"),
     "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
