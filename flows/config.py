@@ -187,6 +187,9 @@ class PreprocessConfig:
     max_video_seconds: float = knob(3600.0, lo=0.1)
     max_video_pixels: int = knob(3840 * 2160, lo=1)
     ffmpeg_timeout: float = knob(120.0, lo=1.0)
+    # span labels (manifest lines with start/end): frames sampled inside each span
+    span_fps: float = knob(1.0, lo=0.01, hi=60.0, help="frames per second sampled inside a span")
+    span_max_frames: int = knob(32, lo=1, hi=10_000, help="cap per span (sampled more sparsely)")
     # dedupe + split
     near_dup_distance: int = knob(4, lo=0, hi=32, help="max Hamming distance of 64-bit pHashes")
     val_frac: float = knob(0.15, lo=0.0, hi=0.9)

@@ -1,8 +1,9 @@
 """Turn an input (a labeled folder tree or a JSONL manifest) into a list of work items.
 
-A work item is a small dict (no pixels): ``path, label, label_name, pool, group, source, score``.
-Malformed manifest lines are not fatal: they become items carrying a ``reject`` reason, so they end
-up in ``rejects`` like any other bad input.
+A work item is a small dict (no pixels): ``path, label, label_name, pool, group, source, score``,
+plus ``spans`` (JSON text, empty for plain items) and ``whole`` (whether the file itself is an input,
+not only spans of it): see ``flows.spans``. Malformed manifest lines are not fatal: they become items
+carrying a ``reject`` reason, so they end up in ``rejects`` like any other bad input.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 from pathlib import Path
 
 from .schema import CLEAN, NO_LABEL, NOISY, UNLABELED, UNLABELED_POOL
+from .spans import group_spans, has_span, span_item
 
 
 class IngestError(ValueError):
@@ -33,7 +35,8 @@ def _item(path: str, label: tuple[int, str, str], source: str, group: str = "",
           score: float = math.nan, reject: str = "", detail: str = "") -> dict:
     idx, name, pool = label
     return {"path": path, "label": idx, "label_name": name, "pool": pool, "group": group,
-            "source": source, "score": float(score), "reject": reject, "detail": detail}
+            "source": source, "score": float(score), "reject": reject, "detail": detail,
+            "spans": "", "whole": True}
 
 
 def _hidden(p: Path, root: Path) -> bool:
@@ -68,10 +71,12 @@ def scan_folder(root: Path, classes: tuple[str, ...], noisy: set[str]) -> list[d
 
 
 def read_manifest(path: Path, classes: tuple[str, ...], noisy: set[str]) -> list[dict]:
-    """Items of a JSONL manifest: ``path`` or ``url``, optional ``label``, ``group``, ``source``, ``score``.
+    """Items of a JSONL manifest: ``path`` or ``url``, optional ``label``, ``group``, ``source``, ``score``,
+    and ``start``/``end`` (s) for a span of a video labeled ``label`` (see ``flows.spans``).
 
     Relative paths are relative to the manifest's folder. A line that cannot be used becomes an
-    item with ``reject`` set (``bad_manifest_line``) rather than stopping the job.
+    item with ``reject`` set (``bad_manifest_line``, ``bad_span``) rather than stopping the job.
+    The span lines of one video are grouped into one item.
     """
     items = []
     base = path.parent
@@ -114,8 +119,9 @@ def read_manifest(path: Path, classes: tuple[str, ...], noisy: set[str]) -> list
             p = p if p.is_absolute() else base / p
             # items of one source page share a split: the page is their default group
             group = str(rec.get("group") or source or "")
-            items.append(_item(str(p), label, source or str(path), group=group, score=score))
-    return items
+            item = _item(str(p), label, source or str(path), group=group, score=score)
+            items.append(span_item(item, rec, where) if has_span(rec) else item)
+    return group_spans(items)
 
 
 def discover(inp: str | Path, classes: tuple[str, ...], noisy_pools) -> list[dict]:

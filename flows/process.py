@@ -13,7 +13,7 @@ from typing import Iterable
 import pyarrow as pa
 from PIL import Image
 
-from . import images, video
+from . import images, spans, video
 from .config import PreprocessConfig
 from .schema import FRAME, IMAGE, THUMBNAIL
 from .validate import Reject, check, read_head, read_limited, sha256_file
@@ -52,6 +52,14 @@ def process_image(data: bytes, sha: str, item: dict, cfg: PreprocessConfig) -> l
              "kind": IMAGE, "sha256": sha}]
 
 
+def _frame_row(item: dict, sha: str, group: str, fr: video.Frame, kind: str, cfg) -> dict:
+    """A decoded video frame stored like an image, in the video's group."""
+    stored = images.prepare(Image.fromarray(fr.image), cfg.short_edge, cfg.byte_budget,
+                            cfg.max_quality, cfg.min_quality)
+    return {**_EMPTY, **_base(item), **stored, "id": f"{sha}#t={fr.timestamp:.3f}",
+            "group_id": group, "kind": kind, "sha256": sha, "timestamp": float(fr.timestamp)}
+
+
 def process_video(path: str, sha: str, item: dict, cfg: PreprocessConfig) -> list[dict]:
     """Thumbnail + keyframes, each stored like an image; all share the video's group."""
     try:
@@ -62,34 +70,78 @@ def process_video(path: str, sha: str, item: dict, cfg: PreprocessConfig) -> lis
     except video.VideoError as exc:
         raise Reject(exc.reason, exc.detail) from None
     group = item["group"] or sha
-    rows = []
-    for fr in frames:
-        stored = images.prepare(Image.fromarray(fr.image), cfg.short_edge, cfg.byte_budget,
-                                cfg.max_quality, cfg.min_quality)
-        kind = THUMBNAIL if fr.kind == "thumbnail" else FRAME
-        rows.append({**_EMPTY, **_base(item), **stored, "id": f"{sha}#t={fr.timestamp:.3f}",
-                     "group_id": group, "kind": kind, "sha256": sha,
-                     "timestamp": float(fr.timestamp)})
-    return rows
+    return [_frame_row(item, sha, group, fr, THUMBNAIL if fr.kind == "thumbnail" else FRAME, cfg)
+            for fr in frames]
+
+
+def _as_span(item: dict, span: dict) -> dict:
+    """``item`` (a work item or a row) with the label of ``span``."""
+    return {**item, **{k: span[k] for k in ("label", "label_name", "pool")}}
+
+
+def reject_rows(item: dict, reason: str, detail: str) -> list[dict]:
+    """One reject row per manifest line the item stands for: its whole line (if any), each span."""
+    rows = [reject_row(item, reason, detail)] if item.get("whole", True) else []
+    return rows + [reject_row(_as_span(item, sp), reason, f"{spans.describe(sp)}: {detail}")
+                   for sp in spans.spans_of(item)]
+
+
+def process_spans(path: str, sha: str, item: dict, cfg: PreprocessConfig,
+                  whole: list[dict]) -> list[dict]:
+    """Frame rows sampled inside the item's spans (labeled by span), reject rows for the spans that
+    cannot be used, and the ``whole`` video's rows relabeled where they fall inside a span.
+
+    A span that fails to decode is rejected as a whole (its partial frames dropped); the others
+    still count. Every row shares the video's group, so all of them land in one split.
+    """
+    try:
+        info = video.probe(path, timeout=min(20.0, cfg.ffmpeg_timeout))
+        video.check_limits(info, cfg.max_video_seconds, cfg.max_video_pixels)
+    except video.VideoError as exc:
+        raise Reject(exc.reason, exc.detail) from None
+    kept, rejected = spans.plan_spans(spans.spans_of(item), info.duration)
+    rows = [reject_row(_as_span(item, sp), reason, detail) for sp, reason, detail in rejected]
+    group = item["group"] or sha
+    taken: dict[str, dict] = {}
+    for sp in kept:
+        try:
+            frames = spans.sample_span(path, sp, cfg)
+        except video.VideoError as exc:
+            rows += [reject_row(_as_span(item, part), exc.reason, f"{spans.describe(part)}: "
+                                f"{exc.detail}") for part in sp["parts"]]
+            continue
+        for fr in frames:
+            row = _frame_row(_as_span(item, sp), sha, group, fr, FRAME, cfg)
+            taken.setdefault(row["id"], row)
+    for row in whole:  # spans win inside spans
+        inside = [sp for sp in kept if sp["start"] <= row["timestamp"] < sp["end"]]
+        if row["id"] not in taken:
+            rows.append(_as_span(row, inside[0]) if inside else row)
+    return [*rows, *taken.values()]
 
 
 def process_item(item: dict, cfg: PreprocessConfig) -> list[dict]:
-    """One work item -> its rows, or a single reject row. Never raises."""
+    """One work item -> its rows, or reject rows (one per manifest line it stands for). Never
+    raises. Spans on an image are rejected (``bad_span``); the image itself is still used."""
     if item.get("reject"):
         return [reject_row(item, item["reject"], item.get("detail", ""))]
-    path = item["path"]
+    path, whole, has_spans = item["path"], item.get("whole", True), bool(item.get("spans"))
     try:
         head, size = read_head(path)
         what = check(head, size, max_bytes=cfg.max_bytes, image_formats=cfg.image_formats,
                      video_formats=cfg.video_formats, max_video_bytes=cfg.max_video_bytes)
         if what.kind == "image":
             data = read_limited(path, cfg.max_bytes)
-            return process_image(data, hashlib.sha256(data).hexdigest(), item, cfg)
-        return process_video(path, sha256_file(path), item, cfg)
+            rows = process_image(data, hashlib.sha256(data).hexdigest(), item, cfg) if whole else []
+            return rows + reject_rows({**item, "whole": False}, "bad_span",
+                                      "spans need a video, this is an image")
+        sha = sha256_file(path)
+        rows = process_video(path, sha, item, cfg) if whole else []
+        return process_spans(path, sha, item, cfg, rows) if has_spans else rows
     except Reject as exc:
-        return [reject_row(item, exc.reason, exc.detail)]
+        return reject_rows(item, exc.reason, exc.detail)
     except Exception as exc:  # a bug or an exotic failure must not lose the item or kill the job
-        return [reject_row(item, "internal_error", f"{type(exc).__name__}: {exc}")]
+        return reject_rows(item, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 def process_batch(items: Iterable[dict], cfg: PreprocessConfig, worker: str = "local") -> pa.Table:

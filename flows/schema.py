@@ -58,6 +58,9 @@ REJECT_REASONS = {
     "video_error": "ffprobe/ffmpeg failed or timed out",
     "bad_manifest_line": "a manifest line that is not valid JSON or lacks path/url, or names an unknown label",
     "url_not_fetched": "a URL entry: preprocess reads local files; fetch with `sift scrape` first",
+    "bad_span": "a span (manifest start/end) not 0 <= start < end, after the video's end, or on an image",
+    "span_conflict": "a span overlapping one of another label in the same video (detail names both)",
+    "empty_selection": "a highlight reel whose segments hold no frame of the video (flows.reel)",
     "internal_error": "an unexpected error while processing (detail has the exception)",
 }
 
