@@ -20,6 +20,7 @@ COMMANDS = {
     "serve": ("serve.main", "start the HTTP API on Ray Serve (batched, GPU when present)"),
     "classify": ("serve.client:classify_main", "classify files/folders via a server or locally"),
     "score-folder": ("serve.client:score_folder_main", "score a folder by one class, copy those in range"),
+    "review": ("serve.review", "web page to review uncertain/disputed/reported items; labels feed training"),
 }
 
 

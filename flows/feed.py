@@ -106,11 +106,40 @@ FEED_CSS = """body{font:14px system-ui,sans-serif;margin:2em;background:#fafafa}
 .item{width:240px;background:#fff;border:2px solid #ddd;border-radius:8px;padding:8px}
 .item img{width:100%;border-radius:4px} .highlight{border-color:#2a9d4b;box-shadow:0 0 0 3px #bfe8c9}
 .hide{border-style:dashed;opacity:.8} .error{border-color:#d08a00} .score{font-weight:600}
-.probs,.src{font-size:11px;color:#666} summary{cursor:pointer}"""
+.probs,.src{font-size:11px;color:#666} summary{cursor:pointer}
+.feedback{margin-top:6px;font-size:12px} .feedback .ok{color:#2a9d4b} .feedback .err{color:#b00020}"""
+
+# The "wrong verdict" buttons: POST {id, url, page, verdict, suggested} to the review server's
+# /api/report (flows.labels reports; `sift review` shows them in its "reported" queue). The page is a
+# local file, so the server answers CORS for the "null" origin; the result is shown inline.
+FEED_JS = """document.addEventListener('click', async (e) => {
+  const b = e.target.closest('button.wrong'); if (!b) return;
+  const art = b.closest('article'), out = art.querySelector('.sent'), sel = art.querySelector('select.suggest');
+  const body = {id: art.dataset.itemId, url: art.dataset.url, page: art.dataset.page,
+                verdict: art.dataset.verdict, suggested: sel ? sel.value : ''};
+  b.disabled = true; out.textContent = 'sending...'; out.className = 'sent';
+  try {
+    const r = await fetch(REVIEW.url.replace(/\\/$/, '') + '/api/report', {method: 'POST', body: JSON.stringify(body),
+      headers: {'content-type': 'application/json', authorization: 'Bearer ' + REVIEW.token}});
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error((j.error && j.error.message) || ('HTTP ' + r.status));
+    out.textContent = 'reported, thanks'; out.className = 'sent ok';
+  } catch (err) { out.textContent = 'failed: ' + err.message; out.className = 'sent err'; b.disabled = false; }
+});"""
 
 
-def _article(e: dict, jpeg: bytes | None) -> str:
-    """One feed item: hidden ones inside a closed <details> ("show"), a score on every one."""
+def _feedback(e: dict, classes: list[str]) -> str:
+    """The "wrong verdict" button and a "should be" choice of the other classes."""
+    from html import escape
+
+    opts = "".join(f'<option value="{escape(c)}">{escape(c)}</option>' for c in classes if c != e["label"])
+    return (f'<select class="suggest" aria-label="should be"><option value="">should be?</option>{opts}</select> '
+            '<button class="wrong" type="button">wrong verdict</button> <span class="sent"></span>')
+
+
+def _article(e: dict, jpeg: bytes | None, classes: list[str] | None = None) -> str:
+    """One feed item: hidden ones inside a closed <details> ("show"), a score on every one; with
+    ``classes`` (a review server is set) a "wrong verdict" button in ``.feedback``."""
     from html import escape
 
     img = f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">' if jpeg else ""
@@ -120,31 +149,46 @@ def _article(e: dict, jpeg: bytes | None) -> str:
             else f"{img}<div>{score}</div>")
     probs = " · ".join(f"{escape(c)} {p:.2f}" for c, p in e["probs"].items())
     at = f' @ {e["timestamp"]:.1f} s' if e["timestamp"] is not None else ""  # which video frame
+    feedback = _feedback(e, classes) if classes is not None else ""
     return (f'<article class="item {e["verdict"]}" data-item-id="{escape(e["id"])}" '
-            f'data-label="{escape(str(e["label"]))}">{body}<div class="probs">{probs}</div>'
+            f'data-label="{escape(str(e["label"]))}" data-verdict="{escape(e["label"] or "")}" '
+            f'data-url="{escape(e["url"])}" data-page="{escape(e["page"])}">{body}<div class="probs">{probs}</div>'
             f'<a class="src" href="{escape(e["url"])}">{escape(e["url"][-40:])}{at}</a>'
-            '<!-- hook: the "wrong verdict" button goes in .feedback --><div class="feedback"></div></article>')
+            f'<div class="feedback">{feedback}</div></article>')
 
 
-def render_feed(entries: list[dict], images: dict[str, bytes], title: str = "sift feed") -> str:
+def render_feed(entries: list[dict], images: dict[str, bytes], title: str = "sift feed",
+                review: dict | None = None) -> str:
     """A self-contained HTML page grouped by source page: hidden labels collapsed behind a "show"
-    toggle, highlighted ones framed, a score on every item, images inlined as data URIs."""
+    toggle, highlighted ones framed, a score on every item, images inlined as data URIs.
+
+    ``review`` (``{"url", "token"}`` of a ``sift review`` server) adds a "wrong verdict" button per item;
+    the token is then written into the page, which should stay on the reviewer's machine."""
     from html import escape
 
+    classes = list(dict.fromkeys(c for e in entries for c in e["probs"])) if review else None
     sections: dict[str, list[str]] = {}
     for e in entries:
-        sections.setdefault(e["page"], []).append(_article(e, images.get(e["id"])))
+        sections.setdefault(e["page"], []).append(_article(e, images.get(e["id"]), classes))
     body = "".join(f'<section><h2>{escape(page)}</h2><div class="grid">{"".join(arts)}</div></section>'
                    for page, arts in sections.items())
+    script = ""
+    if review:
+        conf = json.dumps({"url": review["url"], "token": review.get("token", "")}).replace("</", "<\\/")
+        script = f"<script>const REVIEW = {conf};\n{FEED_JS}</script>"
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{FEED_CSS}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
+            f"<style>{FEED_CSS}</style></head><body><h1>{escape(title)}</h1>{body}{script}</body></html>")
 
 
 def write_feed(out: Path, items: list[dict], verdicts: dict[str, dict], cfg: ScrapeConfig) -> Path:
     """``out/feed.html`` (self-contained) and ``out/feed.json`` (the same entries, no pixels)."""
+    import os
+
     out.mkdir(parents=True, exist_ok=True)
     entries = feed_entries(items, verdicts, cfg)
     (out / "feed.json").write_text(json.dumps(entries, indent=1))
     images = {it["id"]: it["image"] for it in items if "image" in it}
-    (out / "feed.html").write_text(render_feed(entries, images), encoding="utf-8")
+    review = {"url": cfg.review_url, "token": cfg.review_token or os.environ.get("SIFT_REVIEW_TOKEN", "")} \
+        if cfg.review_url else None
+    (out / "feed.html").write_text(render_feed(entries, images, review=review), encoding="utf-8")
     return out / "feed.html"

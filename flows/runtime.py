@@ -10,6 +10,16 @@ pool sizes [1] and 77 s for 300 images at 3 logical CPUs; [1, 2] and 39 s at 4).
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    """Where sift keeps its local state (MLflow store, caches, label store): ``$SIFT_HOME`` or ./.sift.
+
+    Lives in flows (not train) because the label store in :mod:`flows.labels` needs it and flows
+    never imports train; ``train.config.state_dir`` is this function.
+    """
+    return Path(os.environ.get("SIFT_HOME", ".sift")).resolve()
 
 
 def quiet_env() -> None:

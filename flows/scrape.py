@@ -72,6 +72,8 @@ class ScrapeConfig:
     hide_labels: tuple[str, ...] = ("BAD",)
     highlight_labels: tuple[str, ...] = ("GOOD",)
     feed_dir: str = "sift-feed"
+    review_url: str = knob("", help="a `sift review` server: the feed gets \"wrong verdict\" buttons posting to it")
+    review_token: str = knob("", help="its token ($SIFT_REVIEW_TOKEN); written into feed.html")
 
     def validate(self) -> None:
         if self.min_quality > self.max_quality:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Iterable
 
 from flows.config import flat, knob, load
+from flows.runtime import state_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -59,6 +59,10 @@ class TrainConfig:
     plateau_patience: int = knob(2, lo=0)
     plateau_factor: float = knob(0.5, lo=0.01, hi=1.0)
     eval_truth: str = knob("", help="optional JSONL {path, true} overriding labels for evaluation")
+    # review loop: human corrections from the label store, predictions for the review queues
+    labels_db: str = knob("", help="label store of `sift review` (default: $SIFT_HOME/labels.db when it exists)")
+    use_corrections: bool = True
+    predictions: bool = True
     # Ray
     num_workers: int = knob(1, lo=1, hi=4096)
     cpus_per_worker: float = knob(1.0, lo=0.1, hi=256)
@@ -80,11 +84,6 @@ class TrainConfig:
 
 def load_train(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> TrainConfig:
     return load(TrainConfig, path, overrides, default_path=CONFIG_DIR / "train.yaml")
-
-
-def state_dir() -> Path:
-    """Where sift keeps its local state (MLflow store, model cache): ``$SIFT_HOME`` or ./.sift."""
-    return Path(os.environ.get("SIFT_HOME", ".sift")).resolve()
 
 
 __all__ = ["TrainConfig", "load_train", "flat", "state_dir"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import ray.train
 
-from . import artifact, calibrate, metrics, plots, tracking
+from . import artifact, calibrate, metrics, plots, predictions, tracking
 from .data import PixelView
 from .loop import predict_logits
 from .worker import _iter
@@ -28,8 +28,12 @@ def _example_jpeg(ctx) -> bytes:
     raise RuntimeError("the val split is empty: nothing to calibrate on")
 
 
-def finalize(ctx: dict, model, state: dict, mlflow, run) -> dict:
+def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     cfg, classes = ctx["cfg"], ctx["classes"]
+    # the last student/teacher pair scores every item for the review queues (before the best
+    # weights replace the student's)
+    preds = predictions.compute(ray.train.get_dataset_shard("predict"), model, teacher, state["phase"], ctx) \
+        if cfg.predictions else None
     best = state.get("best_state")
     if best:
         model.load_state_dict(best["weights"])
@@ -65,6 +69,10 @@ def finalize(ctx: dict, model, state: dict, mlflow, run) -> dict:
             (out_dir / png.name).write_bytes(png.read_bytes())
         if mlflow:
             mlflow.log_artifacts(str(d), "plots")
+    if preds is not None:
+        path = predictions.write(preds, out_dir / "predictions.parquet", run_id=run.info.run_id if run else "")
+        if mlflow:
+            mlflow.log_artifact(str(path))
     faces = ctx.get("faces")
     art = artifact.save(
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],

@@ -62,7 +62,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from . import tracking
+    from . import corrections, tracking
     from .cache import build_cache, cache_key
     from .faces import feature_names
     from .worker import train_loop_per_worker
@@ -79,7 +79,14 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
                         actors=cfg.cache_actors)
-    meta = pads.dataset(str(cache), format="parquet").to_table(columns=["split", "label"]).to_pandas()
+    meta = pads.dataset(str(cache), format="parquet").to_table(columns=["id", "path", "split", "label", "pool"]) \
+        .to_pandas()
+    # human corrections (sift review): applied to the labels as training reads them, see train/corrections.py
+    corr = corrections.load(cfg, classes)
+    used = corrections.summarize(meta, corr) if corr is not None else None
+    if used and used["used"]:
+        meta["label"] = corrections.apply(meta["id"], meta["path"], meta["label"], meta["pool"], corr)[0]
+        print(f"[train] {used['used']} corrected items from {used['labels_db']}: {used['by_class']}", flush=True)
     counts = {"n_labeled": int(((meta.split == "train") & (meta.label >= 0)).sum()),
               "n_unlabeled": int(((meta.split == "train") & (meta.label < 0)).sum()),
               "n_val": int(((meta.split == "val") & (meta.label >= 0)).sum())}
@@ -88,6 +95,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     # from here on progress is our per-epoch line; Ray Data's bars for every small read are noise
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(str(cache), num_cpus=0.1)
+    if used and used["used"]:
+        ds = ds.map_batches(corrections.apply_table, fn_kwargs={"corr": corr}, batch_format="pyarrow", num_cpus=0.1)
     # The labeled pool, val and test are small next to the unlabeled pool and are read every epoch
     # (the labeled one many times): materialise them once instead of re-reading parquet each pass.
     # The unlabeled pool streams.
@@ -97,13 +106,17 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         "val": ds.filter(expr="split == 'val'", num_cpus=0.1).materialize(),
         "test": ds.filter(expr="split == 'test'", num_cpus=0.1).materialize(),
     }
+    if cfg.predictions:  # every item once, unsplit: rank 0 writes predictions.parquet for `sift review`
+        datasets["predict"] = ds
     run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
     ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
-           "faces": faces, "spec": loss_spec(cfg, classes, priors), "relabel": relabel,
+           "faces": faces, "spec": loss_spec(cfg, classes, priors), "relabel": relabel, "corrections": used,
            "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
            "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
            "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names), **counts}
+    if used is not None:
+        corrections.write(used, Path(ctx["out_dir"]))
     gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     print(f"[train] {run_name}: {counts} backbone={cfg.backbone} faces={bool(faces)} "
           f"workers={cfg.num_workers} gpu={gpu} mean_teacher={cfg.mean_teacher}", flush=True)

@@ -145,7 +145,7 @@ def train_loop_per_worker(ctx: dict) -> None:
     if rank == 0:
         from .finalize import finalize
 
-        finalize(ctx, model, state, mlflow, run)
+        finalize(ctx, model, state, mlflow, run, teacher)
 
 
 def _maybe_fail(ctx: dict, epoch: int) -> None:
@@ -190,5 +190,17 @@ def _start_run(ctx: dict):
                            "n_unlabeled": ctx["n_unlabeled"], "n_val": ctx["n_val"],
                            "classes_list": ",".join(ctx["classes"])})
         mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx["backbone_dir"]})
+        _log_corrections(mlflow, ctx.get("corrections"))
     return mlflow, run
 
+
+def _log_corrections(mlflow, used: dict | None) -> None:
+    """How many human corrections (sift review) this run trained on, by class, and which."""
+    from .corrections import metrics
+
+    if used is None:  # no label store, or use_corrections=false
+        mlflow.log_metric("corrections_used", 0.0)
+        return
+    mlflow.log_param("labels_db", used["labels_db"])
+    mlflow.log_metrics(metrics(used))
+    mlflow.log_dict(used, "corrections.json")

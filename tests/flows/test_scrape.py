@@ -239,9 +239,15 @@ def test_feed_collapses_bad_and_highlights_good(tmp_path):
         page.click("article.hide summary")  # the "show" toggle reveals a hidden item
         assert page.query_selector("article.hide img").is_visible()
         assert "decode_error" in page.query_selector("article.error .score").inner_text()
+        assert page.query_selector("button.wrong") is None  # no review_url: no "wrong verdict" buttons
     finally:
         close()
     _png_ok(tmp_path / "feed.png")
+    # with a review server: one button per item (hidden ones too), a choice of the other classes, the token
+    cfg, _ = scrape.load_settings(None, None, ["review_url=http://127.0.0.1:9/", "review_token=tk</script>"])
+    text = scrape.write_feed(tmp_path / "r", items, verdicts, cfg).read_text()
+    assert text.count('<button class="wrong"') == 4 and text.count('<select class="suggest"') == 4
+    assert '"token": "tk<\\/script>"' in text and "</script>" not in text.split("<script>")[1][:-len("</script></body></html>")]
 
 
 def _free_port() -> int:
