@@ -291,7 +291,9 @@ def test_a_training_run_uses_the_corrections_and_logs_them(review, trained, sift
     expect = {i: lab for i, lab in latest.items() if i in data.by_id}
     assert len(expect) == len(latest) - 1 >= 4
     cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=1", "steps_per_epoch=2", "frozen_steps=1", "early_stop=0",
-                                                "run_name=review-run", f"labels_db={review.db}"])
+                                                "run_name=review-run", f"labels_db={review.db}",
+                                                # its own registry entry: the session's candidate stays put
+                                                "model_name=sift-review"])
     summary = run(cfg, review.data_dir)
     client = use().MlflowClient()
     r = client.get_run(summary["run_id"])
