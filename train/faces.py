@@ -163,6 +163,38 @@ def configure_offline(config_dir: str | Path | None = None) -> Path:
     return cfg
 
 
+def _tame_onnx_session(model, weights: Path) -> int | None:
+    """Rebuild an ONNX Runtime CPU session with torch's thread count and no spin-waiting.
+
+    Ultralytics opens ONNX Runtime sessions with ORT's defaults: one intra-op thread per core, each
+    spin-waiting after its work. In a Ray actor that has 1 of 2 cores (and a torch model beside it),
+    those spinning threads compete with everything else in the process and on the node (measured in
+    ``bench/scan.py``: ~38 ms CPU per 320x320 frame on 2 threads). Ultralytics creates the session
+    lazily at the first predict and offers no options for it, so this swaps it once afterwards. Any
+    other backend (``.pt``, CUDA) is left alone. Returns the new thread count, or None if untouched.
+    """
+    backend = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
+    session = getattr(backend, "session", None)
+    if session is None or getattr(backend, "use_io_binding", False):
+        return None
+    try:
+        import onnxruntime as ort
+        import torch
+
+        if session.get_providers() != ["CPUExecutionProvider"]:
+            return None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = getattr(session, "_model_path", None) or str(weights)
+        backend.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return opts.intra_op_num_threads
+    except Exception as e:  # an Ultralytics/ORT layout we do not know: keep the working session
+        warnings.warn(f"face detector: ONNX Runtime session left at its defaults ({e})")
+        return None
+
+
 def _to_bgr(image: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 RGB -> contiguous BGR, the layout Ultralytics assumes for numpy inputs."""
     image = np.asarray(image)
@@ -201,6 +233,7 @@ class FaceDetector:
         if missing:
             raise ValueError(f"classes {missing} not in {self.weights.name}; available: {list(self.names)}")
         self.weights_sha = weights_hash(self.weights)
+        self._tuned, self.onnx_threads = False, None
 
     def __reduce__(self):
         args = (str(self.weights), self.face_classes, self.extra_classes, self.conf, self.imgsz, self.device)
@@ -230,6 +263,9 @@ class FaceDetector:
         results = self._model.predict(
             bgr, conf=self.conf, imgsz=self.imgsz, device=self.device, batch=len(bgr), verbose=False
         )
+        if not self._tuned:
+            self._tuned = True
+            self.onnx_threads = _tame_onnx_session(self._model, self.weights)
         return np.stack([self._row(r) for r in results])
 
     def _row(self, result) -> np.ndarray:

@@ -213,3 +213,22 @@ def test_no_network_fresh_process(tmp_path):
     assert "OK (1, 4)" in out.stdout
     assert not (tmp_path / ".config" / "Ultralytics").exists()  # settings went to the temp config dir
     assert not (tmp_path / ".cache" / "Microsoft").exists()  # ORT telemetry stayed off
+
+
+@pytest.mark.slow
+def test_onnx_session_follows_torch_threads_without_spinning():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        det = FaceDetector()
+        first = det.features(_synthetic())  # ORT's default session, then swapped
+        session = det._model.predictor.model.backend.session
+        opts = session.get_session_options()
+        assert det.onnx_threads == 1 and opts.intra_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        # same model, same answers
+        np.testing.assert_allclose(det.features(_synthetic()), first, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
