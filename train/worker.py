@@ -10,6 +10,7 @@ logs and registers the model.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,15 @@ from .data import CacheView, PixelView, cycle, to_tensors
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
 from .teacher import make_teacher
+
+_log = logging.getLogger("sift.train")
+
+
+def say(message: str) -> None:
+    """One progress line on the driver's console. Ray Train V2 reroutes ``print`` in workers through
+    logging and, because the worker's stdout is wrapped, also tees it to stdout: every printed line
+    showed twice. Its logging handlers already reach the driver, so log once through them."""
+    _log.info(message)
 
 
 def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True):
@@ -79,7 +89,7 @@ def train_loop_per_worker(ctx: dict) -> None:
             teacher.load_state_dict(saved["teacher"])
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
-        print(f"[train] rank {rank} resumed at epoch {state['epoch']} step {state['step']}", flush=True)
+        say(f"[train] rank {rank} resumed at epoch {state['epoch']} step {state['step']}")
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if world > 1 else model
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
@@ -133,14 +143,14 @@ def train_loop_per_worker(ctx: dict) -> None:
             state["history"].setdefault(k, []).append((state["step"], report.get(k, float("nan"))))
         if mlflow:
             mlflow.log_metrics({k: float(v) for k, v in report.items() if _finite(v)}, step=state["step"])
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {state['step']} loss {report.get('train_loss', 0):.4f} "
-                  f"val {cfg.selection}={score:.4f} ({who}) {report['epoch_s']:.1f}s", flush=True)
+            say(f"[train] epoch {epoch + 1}/{cfg.epochs} step {state['step']} loss {report.get('train_loss', 0):.4f} "
+                f"val {cfg.selection}={score:.4f} ({who}) {report['epoch_s']:.1f}s")
         # Ray Train prints what is reported: keep it to the headline numbers (MLflow has the rest)
         brief = {k: report[k] for k in ("epoch", "step", "val_selection", "best", "train_loss") if k in report}
         _report(brief, model, teacher, opt, state, rank)
         _maybe_fail(ctx, epoch + 1)
         if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
-            print(f"[train] early stop after {epoch + 1} epochs", flush=True)
+            say(f"[train] early stop after {epoch + 1} epochs")
             break
     if rank == 0:
         from .finalize import finalize
