@@ -31,6 +31,7 @@ from .ingest import discover
 from .manifest import build_manifest, decide
 from .process import process_batch
 from .schema import COLUMNS
+from .spans import count_entries
 
 META_COLUMNS = ["id", "group_id", "kind", "label", "label_name", "pool", "source", "path",
                 "sha256", "phash", "reject_reason", "reject_detail", "worker", "t_start", "t_end"]
@@ -115,7 +116,7 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
 
     pq.write_table(pa.Table.from_pandas(rejects, preserve_index=False), out / "rejects.parquet")
     pq.write_table(pa.Table.from_pandas(dups, preserve_index=False), out / "duplicates.parquet")
-    manifest = build_manifest(meta, keep, rejects, dups, cfg, n_inputs=len(items),
+    manifest = build_manifest(meta, keep, rejects, dups, cfg, n_inputs=len(items), n_entries=count_entries(items),
                               timings={"process_s": t1 - t0, "finalize_s": t2 - t1, "total_s": t2 - t0})
     manifest["input"], manifest["output"], manifest["config"] = str(inp), str(out), flat(cfg)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))

@@ -67,6 +67,12 @@ def spans_of(item: dict) -> list[dict]:
     return json.loads(item.get("spans") or "[]")
 
 
+def count_entries(items: list[dict]) -> int:
+    """Input entries behind work items: a file or manifest line each, so a video with three span
+    lines (one work item) counts 3, or 4 if the file is also a whole-video line."""
+    return sum(int(bool(it.get("reject")) or bool(it.get("whole", True))) + len(spans_of(it)) for it in items)
+
+
 def group_spans(items: list[dict]) -> list[dict]:
     """One work item per video file: each span item joins the first whole item of its path, else
     the first span item of its path. Order is kept; group and source fall back to the first span

@@ -32,7 +32,7 @@ def test_preprocess_flow_end_to_end(tmp_path, ray_session):
                                                          str(corpus / "unlabeled" / "near.jpg")}
     # nothing lost: every input is in the data, the rejects or the duplicates
     seen = set(data["path"]) | set(rejects["path"]) | set(dups["path"])
-    assert seen == inputs and m["inputs"] == len(inputs)
+    assert seen == inputs and m["inputs"] == m["entries"] == len(inputs)
     # rejects carry the reasons the corpus expects
     expect = {str(corpus / t["path"]): t["expect_reject"] for t in truth if t.get("expect_reject")}
     got = dict(zip(rejects["path"], rejects["reason"]))
@@ -88,3 +88,4 @@ def test_span_labels_through_the_ray_flow(tmp_path, ray_session):
     assert data["group_id"].nunique() == 1 and data["split"].nunique() == 1
     assert sorted(rejects["reason"]) == ["span_conflict", "span_conflict", "video_error"]
     assert m["rejects"]["by_reason"]["span_conflict"] == 2 and m["frames"] == len(data)
+    assert m["inputs"] == 2 and m["entries"] == 5  # two videos, five lines

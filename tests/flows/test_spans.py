@@ -102,6 +102,7 @@ def test_ingest_groups_the_spans_of_a_video_into_one_item(tmp_path):
     assert bad["reject"] == "bad_span" and "m.jsonl:5" in bad["detail"]
     assert unknown["reject"] == "bad_manifest_line" and "MAYBE" in unknown["detail"]
     assert c["spans"] == "" and c["whole"]
+    assert len(items) == 5 and spans.count_entries(items) == 7  # every line is counted once
 
 
 # ---------------------------------------------------------------- real ffmpeg on a generated clip
