@@ -96,7 +96,8 @@ class Cluster:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                # a graceful stop takes ~30 s here; the cluster is throwaway, so do not wait for it
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._kill_leftovers()

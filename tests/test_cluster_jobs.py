@@ -46,8 +46,14 @@ def test_preprocess_job_grows_the_actor_pool_and_loses_nothing(cluster, corpus):
     assert m["rejects"]["total"] >= 1  # the corpus carries broken files: recorded, not fatal
 
 
-def test_train_job_tracks_and_registers_in_mlflow(cluster, corpus, tmp_path):
-    data = corpus / "data"
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """The jobs' state dir (SIFT_HOME): MLflow store and runs, shared by the train and scoring jobs."""
+    return tmp_path_factory.mktemp("jobs_home")
+
+
+def test_train_job_tracks_and_registers_in_mlflow(cluster, corpus, home):
+    data, tmp_path = corpus / "data", home
     if not (data / "manifest.json").exists():
         pytest.skip("needs the preprocess job's output")
     name = f"job-{uuid.uuid4().hex[:8]}"
@@ -64,3 +70,28 @@ def test_train_job_tracks_and_registers_in_mlflow(cluster, corpus, tmp_path):
     assert "test_macro_f1" in runs[0].data.metrics
     versions = client.search_model_versions(f"run_id='{runs[0].info.run_id}'")
     assert versions and versions[0].name == "sift-classifier"
+
+
+def test_predict_and_scan_jobs_score_with_the_trained_model(cluster, corpus, home):
+    import pyarrow.parquet as pq
+
+    models = sorted(home.glob("runs/*/model"))
+    if not models:
+        pytest.skip("needs the train job's model")
+    model, env = str(models[-1]), {"SIFT_HOME": str(home)}
+    rc, log = cluster.submit(["sift", "predict", "--input", str(corpus / "data"), "--output",
+                              str(home / "preds.parquet"), "--model", model], env_vars=env)
+    assert rc == 0, log[-3000:]
+    preds = pq.read_table(home / "preds.parquet").to_pandas()
+    manifest = json.loads((corpus / "data" / "manifest.json").read_text())
+    assert len(preds) == manifest["rows"] and (preds["error"] == "").all()
+    assert set(preds["label"]) <= {"BAD", "NEUTRAL", "GOOD"}
+    video = next(p for p in sorted((corpus / "corpus").rglob("*")) if p.suffix in (".mp4", ".webm", ".mkv", ".mov")
+                 and "broken" not in p.name)
+    rc, log = cluster.submit(["sift", "scan", str(video), "--output", str(home / "scans"), "--model", model],
+                             env_vars=env)
+    assert rc == 0, log[-3000:]
+    summary = json.loads((home / "scans" / "scan.json").read_text())
+    assert summary["errors"] == [] and len(summary["videos"]) == 1
+    timeline = json.loads((home / "scans" / f"{video.stem}.timeline.json").read_text())
+    assert timeline["frames"] and timeline["segments"]
