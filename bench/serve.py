@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import io
 import socket
-import statistics
 import sys
 import tempfile
 import time

@@ -1,5 +1,4 @@
 """sift classify / sift score-folder, locally and against the running API."""
-import io
 import json
 
 import numpy as np
