@@ -4,8 +4,8 @@ Both sides do the same work on the same files with the same code (flows.process.
 read/validate/decode/resize/budget-encode/hash, flows.manifest.decide for duplicates and splits,
 parquet out). The Ray side runs the real `flows.preprocess.run` on a local Ray with 2 CPUs.
 Peak memory is the proportional set size (PSS) summed over this process and all its children
-(Ray's raylet and workers), sampled every 0.2 s in a separate untimed run (sampling is not free),
-so shared object-store pages are not counted twice.
+(Ray's raylet and workers), sampled every 0.2 s in a separate untimed run (sampling is not free;
+each Ray one on a fresh Ray), so shared object-store pages are not counted twice.
 
     python bench/preprocess.py [--images 2000 --small 1000 --size 1280x720]
 
@@ -167,19 +167,29 @@ def main(argv=None) -> int:
             print(f"corpus {n} images {w}x{h}: generated in {time.time() - t:.1f} s")
     # Ray runs back to back, small first: the first Ray Data job on a fresh cluster also starts its
     # worker processes (~3 s of CPU here); the big run is timed warm, as a long job would mostly be.
+    # Timed runs go without the memory sampler (walking the page tables of every Ray worker costs
+    # ~45 ms per sample here).
     for name in ("single", "ray"):
         for n in sizes:
             corpus, out = work / f"corpus{n}", work / f"out-{name}-{n}"
-            # timed runs without the memory sampler (walking the page tables of every Ray worker
-            # costs ~45 ms per sample here), then one run with it for the peak
             times = [one_run(name, corpus, out, cfg) for _ in range(args.repeat if n == args.images else 1)]
-            with PeakMemory() as mem:
-                one_run(name, corpus, out, cfg)
-            peak = mem.peak
             secs = statistics.median(times)
-            results[(name, n)] = (n / secs, peak / 2**20, secs)
-            print(f"  {name:6s} n={n}: {secs:6.1f} s  {n / secs:6.1f} images/s  peak PSS {peak / 2**20:7.0f} MiB"
-                  f"  (runs: {', '.join(f'{x:.1f}' for x in times)} s)", flush=True)
+            results[(name, n)] = [n / secs, 0.0, secs]
+            print(f"  {name:6s} n={n}: {secs:6.1f} s  {n / secs:6.1f} images/s  (runs: "
+                  f"{', '.join(f'{x:.1f}' for x in times)} s)", flush=True)
+    # Peak memory: one sampled run per side and size, each Ray run on a freshly started Ray, so the
+    # object store's touched pages and the worker pool do not carry over from earlier runs.
+    import ray
+
+    for name in ("single", "ray"):
+        for n in sizes:
+            if name == "ray":
+                ray.shutdown()
+                init_ray()
+            with PeakMemory() as mem:
+                one_run(name, work / f"corpus{n}", work / f"out-{name}-{n}", cfg)
+            results[(name, n)][1] = mem.peak / 2**20
+            print(f"  {name:6s} n={n}: peak PSS {mem.peak / 2**20:7.0f} MiB", flush=True)
     n = args.images
     ratio = results[("ray", n)][0] / results[("single", n)][0]
     print("\n== bench/preprocess.py ==")

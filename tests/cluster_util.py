@@ -24,15 +24,34 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+def free_ports(n: int, avoid: range = range(0)) -> list[int]:
+    """n distinct ports free right now, none inside ``avoid``."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)  # held until all are chosen, so none is handed out twice
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
     return ports
 
+
+WORKER_PORTS = 200
+
+
+def cluster_ports() -> tuple[list[int], range]:
+    """Nine component ports and a worker port range that does not contain any of them (Ray refuses
+    to start when a component port falls inside the worker range)."""
+    for _ in range(100):
+        w0 = free_ports(1)[0]
+        if w0 + WORKER_PORTS < 65536:
+            break
+    workers = range(w0, w0 + WORKER_PORTS + 1)
+    return free_ports(9, avoid=workers), workers
 
 class Cluster:
     """``with Cluster(num_cpus=4) as c: c.submit([...])``; ``c.env`` talks to it (token included)."""
@@ -41,7 +60,7 @@ class Cluster:
         self.num_cpus = num_cpus
         self.token = secrets.token_hex(16)
         self.temp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))  # short: unix socket paths <= 107 chars
-        (gcs, dash, agent, agent_grpc, metrics, rt_env, nm, om, client, w0) = free_ports(10)
+        (gcs, dash, agent, agent_grpc, metrics, rt_env, nm, om, client), workers = cluster_ports()
         self.gcs, self.dashboard = gcs, dash
         self.address = f"http://127.0.0.1:{dash}"
         self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
@@ -53,8 +72,8 @@ class Cluster:
                     f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
                     f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
                     f"--node-manager-port={nm}", f"--object-manager-port={om}",
-                    f"--ray-client-server-port={client}", f"--min-worker-port={w0}",
-                    f"--max-worker-port={w0 + 200}", f"--temp-dir={self.temp}"]
+                    f"--ray-client-server-port={client}", f"--min-worker-port={workers.start}",
+                    f"--max-worker-port={workers.stop - 1}", f"--temp-dir={self.temp}"]
         self.proc = None
 
     def __enter__(self) -> "Cluster":
