@@ -76,7 +76,7 @@ def _counts(series: pd.Series) -> dict:
 
 
 def build_manifest(meta: pd.DataFrame, keep: dict, rejects: pd.DataFrame, dups: pd.DataFrame, cfg,
-                   n_inputs: int, timings: dict, n_entries: int | None = None) -> dict:
+                   n_inputs: int, n_entries: int, timings: dict) -> dict:
     """Counts by class, split and kind; rejects by reason; duplicates; throughput; pool sizes."""
     keys = meta["path"].astype(str) + "|" + meta["id"].astype(str)
     kept = meta[keys.isin(keep.keys())].copy()
@@ -88,7 +88,7 @@ def build_manifest(meta: pd.DataFrame, keep: dict, rejects: pd.DataFrame, dups: 
         "noisy_pools": {k: dict(v) for k, v in cfg.noisy_pools.items()},
         "priors": {k: cfg.prior(k) for k in cfg.noisy_pools},
         "inputs": int(n_inputs),  # work items: a video with span lines is one
-        "entries": int(n_inputs if n_entries is None else n_entries),  # files and manifest lines read
+        "entries": int(n_entries),  # files and manifest lines read
         "rows": int(len(kept)),
         "by_class": _counts(kept["label_name"]),
         "by_split": _counts(kept["split"]),

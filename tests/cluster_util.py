@@ -46,12 +46,10 @@ WORKER_PORTS = 200
 def cluster_ports() -> tuple[list[int], range]:
     """Nine component ports and a worker port range that does not contain any of them (Ray refuses
     to start when a component port falls inside the worker range)."""
-    for _ in range(100):
-        w0 = free_ports(1)[0]
-        if w0 + WORKER_PORTS < 65536:
-            break
+    w0 = free_ports(1, avoid=range(65536 - WORKER_PORTS, 65536))[0]
     workers = range(w0, w0 + WORKER_PORTS + 1)
     return free_ports(9, avoid=workers), workers
+
 
 class Cluster:
     """``with Cluster(num_cpus=4) as c: c.submit([...])``; ``c.env`` talks to it (token included)."""
