@@ -9,9 +9,9 @@ each Ray one on a fresh Ray), so shared object-store pages are not counted twice
 
     python bench/preprocess.py [--images 2000 --small 1000 --size 1280x720]
 
-The Ray flow runs the small corpus first (cold: Ray starts its worker processes) and the big one
-right after (warm); both ratios are printed. At ``--images`` each side runs ``--repeat`` times and
-the median is compared (run-to-run spread here is ~15%).
+Each Ray size starts on a fresh Ray: its first run is cold (Ray starts its worker processes), the
+repeats at ``--images`` are warm; both ratios are printed. At ``--images`` each side runs
+``--repeat`` times and the medians are compared (run-to-run spread here is ~15%).
 
 Targets (issue #2): images/s ratio Ray / single-process >= 1.5 on 2 CPUs; peak memory that does
 not grow with corpus size.
@@ -58,14 +58,15 @@ def _pss(pid: int) -> int:
 
 
 class PeakMemory:
-    """Samples the summed PSS of this process tree in a thread; ``peak`` in bytes."""
+    """Samples the summed PSS of this process (and its children: Ray's processes, with ``tree``) in a
+    thread; ``peak`` in bytes."""
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    def __init__(self, interval: float = 0.2, tree: bool = True):
+        self.interval, self.peak, self.tree, self._stop = interval, 0, tree, threading.Event()
 
     def _sample(self) -> int:
         me = psutil.Process()
-        return sum(_pss(p.pid) for p in [me, *me.children(recursive=True)])
+        return sum(_pss(p.pid) for p in [me, *(me.children(recursive=True) if self.tree else [])])
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -165,28 +166,33 @@ def main(argv=None) -> int:
             make_corpus(corpus, images=n, videos=0, seed=1, size=(w, h), broken=False, workers=2,
                         progress=False)
             print(f"corpus {n} images {w}x{h}: generated in {time.time() - t:.1f} s")
-    # Ray runs back to back, small first: the first Ray Data job on a fresh cluster also starts its
-    # worker processes (~3 s of CPU here); the big run is timed warm, as a long job would mostly be.
-    # Timed runs go without the memory sampler (walking the page tables of every Ray worker costs
-    # ~45 ms per sample here).
+    # The first Ray run of each size is on a freshly started Ray ("cold": the job also starts its
+    # worker processes, ~3 s of CPU here); the repeats at --images find them running ("warm", as a
+    # long job or a cluster that stays up would). Timed runs go without the memory sampler.
+    import ray
+
+    cold = {}
     for name in ("single", "ray"):
         for n in sizes:
             corpus, out = work / f"corpus{n}", work / f"out-{name}-{n}"
+            if name == "ray":
+                ray.shutdown()
+                init_ray()
             times = [one_run(name, corpus, out, cfg) for _ in range(args.repeat if n == args.images else 1)]
-            secs = statistics.median(times)
+            cold[(name, n)] = n / times[0]
+            secs = statistics.median(times[1:] if name == "ray" and len(times) > 1 else times)
             results[(name, n)] = [n / secs, 0.0, secs]
             print(f"  {name:6s} n={n}: {secs:6.1f} s  {n / secs:6.1f} images/s  (runs: "
                   f"{', '.join(f'{x:.1f}' for x in times)} s)", flush=True)
     # Peak memory: one sampled run per side and size, each Ray run on a freshly started Ray, so the
-    # object store's touched pages and the worker pool do not carry over from earlier runs.
-    import ray
-
+    # object store's touched pages and the worker pool do not carry over from earlier runs. The
+    # single-process side counts only itself (Ray sits idle beside it).
     for name in ("single", "ray"):
         for n in sizes:
             if name == "ray":
                 ray.shutdown()
                 init_ray()
-            with PeakMemory() as mem:
+            with PeakMemory(tree=name == "ray") as mem:
                 one_run(name, work / f"corpus{n}", work / f"out-{name}-{n}", cfg)
             results[(name, n)][1] = mem.peak / 2**20
             print(f"  {name:6s} n={n}: peak PSS {mem.peak / 2**20:7.0f} MiB", flush=True)
@@ -195,12 +201,12 @@ def main(argv=None) -> int:
     print("\n== bench/preprocess.py ==")
     print(f"images {n} at {w}x{h}, 2 CPUs")
     print(f"single-process Pillow loop: {results[('single', n)][0]:.1f} images/s")
-    print(f"Ray Data flow (2 actors):   {results[('ray', n)][0]:.1f} images/s")
-    print(f"ratio Ray / single:         {ratio:.2f}x   (target >= 1.5)"
-          + ("   [Ray warm]" if len(sizes) > 1 else "   [Ray cold: includes worker start-up]"))
-    if len(sizes) > 1:
-        m = sizes[0]
-        print(f"ratio at n={m}, Ray cold:  {results[('ray', m)][0] / results[('single', m)][0]:.2f}x")
+    print(f"Ray Data flow (2 actors):   {results[('ray', n)][0]:.1f} images/s"
+          + ("   [warm: median of the repeats]" if args.repeat > 1 else "   [cold]"))
+    print(f"ratio Ray / single:         {ratio:.2f}x   (target >= 1.5)")
+    for m in sizes:
+        print(f"ratio at n={m}, Ray cold:  {cold[('ray', m)] / results[('single', m)][0]:.2f}x   "
+              "(first run on a fresh Ray: includes starting its workers)")
     if args.small != n:
         for name in ("single", "ray"):
             a, b = results[(name, args.small)][1], results[(name, n)][1]
