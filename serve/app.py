@@ -54,10 +54,9 @@ class Api:
     # -- the shared path: bytes -> preprocess -> batched model ----------------------------------
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
-        arr = await self.pre.image.remote(data, info["short_edge"])
-        if isinstance(arr, dict):
-            raise ApiError(arr["status"], arr["error"]["code"], arr["error"]["message"])
-        res = await self.model.remote(arr, tiles, agg)
+        res = await self.pre.classify.remote(data, info["short_edge"], tiles, agg)
+        if "error" in res:
+            raise ApiError(res["status"], res["error"]["code"], res["error"]["message"])
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
 
@@ -108,11 +107,11 @@ class Api:
             if len(p.items) != 1:
                 raise ApiError(422, "one_video", "send exactly one video")
             info = await self.info()
-            fr = await self.pre.video.remote(p.items[0][1], info["short_edge"], p.fps or self.cfg.video_fps)
-            if "error" in fr:
-                raise ApiError(fr["status"], fr["error"]["code"], fr["error"]["message"])
-            return await self.model.video.remote(fr["frames"], fr["times"], fr["kinds"], fr["duration"],
-                                                 p.aggregate or self.cfg.video_aggregate, self.cfg.video_smooth)
+            res = await self.pre.classify_video.remote(p.items[0][1], info["short_edge"], p.fps or self.cfg.video_fps,
+                                                       p.aggregate or self.cfg.video_aggregate, self.cfg.video_smooth)
+            if "error" in res:
+                raise ApiError(res["status"], res["error"]["code"], res["error"]["message"])
+            return res
         return await self._guard(request, "classify_video", work)
 
     @api.post("/v1/jobs", status_code=202, summary="Queue many images; poll GET /v1/jobs/{id}")
@@ -167,15 +166,20 @@ def resolved(cfg: ServeConfig) -> ServeConfig:
 def build_app(cfg: ServeConfig):
     """The bound application graph, sized from the config."""
     cfg = resolved(cfg)
-    pre = Preprocess.options(num_replicas=cfg.preprocess_replicas,
-                             ray_actor_options={"num_cpus": cfg.preprocess_cpus}).bind(cfg)
+    logs = {"enable_access_log": cfg.access_log}
     model = Model.options(
+        logging_config=logs,
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                             "target_ongoing_requests": cfg.target_ongoing_requests},
         max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.model_cpus, "num_gpus": cfg.model_gpus},
         user_config={"model": cfg.model}).bind(cfg)
-    return Api.options(ray_actor_options={"num_cpus": cfg.ingress_cpus},
+    # Preprocess holds each image request while the Model batches it, so it takes as many at once
+    # as the ingress does (Serve's default of 5 would queue the rest in front of it).
+    pre = Preprocess.options(num_replicas=cfg.preprocess_replicas, logging_config=logs,
+                             max_ongoing_requests=max(100, cfg.max_ongoing_requests * 2),
+                             ray_actor_options={"num_cpus": cfg.preprocess_cpus}).bind(cfg, model)
+    return Api.options(ray_actor_options={"num_cpus": cfg.ingress_cpus}, logging_config=logs,
                        max_ongoing_requests=max(100, cfg.max_ongoing_requests * 2)).bind(pre, model, cfg)
 
 

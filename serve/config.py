@@ -32,6 +32,7 @@ class ServeConfig:
     preprocess_replicas: int = knob(1, lo=1, hi=1024)
     preprocess_cpus: float = knob(0.5, lo=0.0, hi=64)
     ingress_cpus: float = knob(0.25, lo=0.0, hi=64)
+    access_log: bool = knob(False, help="Serve's per-request log line in every replica (/metrics counts requests)")
     # limits
     max_body_bytes: int = knob(25_000_000, lo=1)
     max_video_bytes: int = knob(200_000_000, lo=1)

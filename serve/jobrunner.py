@@ -60,10 +60,10 @@ class JobRunner:
         data = base64.b64decode(item["image_b64"])
         try:
             info = self.api._info or self.api.model.info.remote().result()
-            arr = self.api.pre.image.remote(data, info["short_edge"]).result()
-            if isinstance(arr, dict):
-                return {"name": item["name"], "status": arr["status"], "error": arr["error"]}
-            res = self.api.model.remote(arr, options.get("tiles", 1), options.get("tile_agg", "mean")).result()
+            res = self.api.pre.classify.remote(data, info["short_edge"], options.get("tiles", 1),
+                                               options.get("tile_agg", "mean")).result()
+            if "error" in res:
+                return {"name": item["name"], "status": res["status"], "error": res["error"]}
             return {"name": item["name"], **res}
         except ApiError as exc:
             return {"name": item["name"], "status": exc.status, **exc.body()}
