@@ -65,7 +65,7 @@ def in_process(model_dir: Path, data: list[bytes], batch: int, threads: int) -> 
 
     torch.set_num_threads(threads)
     p, limits = Predictor(model_dir), Limits.of(load_serve())
-    p.classify([prepare_image(data[0], limits, 448)])  # warm-up
+    p.classify([prepare_image(d, limits, 448) for d in data[:batch]])  # warm-up: one full batch
     t = time.perf_counter()
     for i in range(0, len(data), batch):
         arrays = [prepare_image(d, limits, 448) for d in data[i:i + batch]]
@@ -93,7 +93,10 @@ async def load(url: str, data: list[bytes], clients: int, total: int) -> tuple[f
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
-        await http.post("/v1/classify", files=[("files", ("x.jpg", data[0]))])  # warm-up
+        async def one(body):
+            await http.post("/v1/classify", files=[("files", ("x.jpg", body))])
+
+        await asyncio.gather(*[one(d) for d in data[:clients]])  # warm-up: one round of every client
         t = time.perf_counter()
         await asyncio.gather(*[client(http) for _ in range(clients)])
         wall = time.perf_counter() - t
