@@ -13,7 +13,8 @@ random-init ViT-B/32-size CLIP + head without faces (bench/serve.py's). Both cac
 
 Prints wall / video duration (target <= 0.1) and wall / ffmpeg-alone (target <= 1.25), with and
 without Ray's start-up, and the scan's own decode commands alone (all chunks, grid + scene scores +
-keyframes, output discarded) / ffmpeg-alone: the decode side's overhead without Ray or the model.
+keyframes, ``decoders`` at a time, output discarded) / ffmpeg-alone: the decode side's overhead
+without Ray or the model.
 Numbers only, no asserts.
 """
 from __future__ import annotations
@@ -106,10 +107,15 @@ def b32_model() -> Path:
     return make_model(out)
 
 
-def _timed(cmds: list[list[str]]) -> float:
-    t = time.perf_counter()
-    for cmd in cmds:
+def _timed(cmds: list[list[str]], parallel: int = 1) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(cmd):
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, cmds))
     return time.perf_counter() - t
 
 
@@ -124,15 +130,18 @@ def ffmpeg_alone(video: Path, fps: float, short_edge: int) -> float:
 
 def decode_pass(video: Path, cfg, short_edge: int) -> float:
     """Seconds for the scan's own ffmpeg commands (grid + scene scores + keyframes, every chunk,
-    one after the other, output discarded): what the decode side costs without Ray or the model."""
+    ``decoders`` at a time as the scan runs them, output discarded): what the decode side costs
+    without Ray or the model."""
     from flows.video import output_size, probe
     from serve import scan_decode as sd
+    from serve import scan_plan as sp
 
     info = probe(str(video))
     w, h = output_size(info.width, info.height, short_edge)
-    chunks = sd.plan_chunks(info.duration, sd.keyframe_times(str(video)), cfg.chunk_s, sd.lead_for(info.fps))
-    return _timed([sd.scan_cmd(str(video), w, h, cfg.fps, c, cfg.scene_threshold, cfg.min_scene_s)
-                   for c in chunks])
+    chunks = sp.plan_chunks(info.duration, sp.keyframe_times(str(video)), cfg.chunk_s, sp.lead_for(info.fps))
+    return _timed([sd.scan_cmd(str(video), w, h, cfg.fps, c, cfg.scene_threshold, cfg.min_scene_s,
+                                cfg.ffmpeg_threads)
+                   for c in chunks], cfg.decoders)
 
 
 def main(argv=None) -> int:

@@ -38,11 +38,13 @@ class ScanConfig:
     # Ray
     batch_size: int = knob(32, lo=1, hi=4096, help="frames per model call")
     min_actors: int = knob(1, lo=1, hi=1024)
-    max_actors: int = knob(2, lo=1, hi=1024)
-    actor_cpus: float = knob(1.0, lo=0.05, hi=64)
-    threads: int = knob(1, lo=1, hi=256, help="torch threads per model actor")
-    decoders: int = knob(2, lo=1, hi=1024, help="decode tasks at once (each ffmpeg uses several threads)")
+    max_actors: int = knob(1, lo=1, hi=1024, help="model actors at most (each loads the model)")
+    actor_cpus: float = knob(2.0, lo=0.05, hi=64)
+    threads: int = knob(2, lo=1, hi=256, help="torch threads per model actor")
+    decoders: int = knob(2, lo=1, hi=1024, help="decode tasks at once (one ffmpeg each)")
     decode_cpus: float = knob(0.5, lo=0.05, hi=64, help="CPUs reserved by each decode task")
+    ffmpeg_threads: int = knob(1, lo=0, hi=64, help="decoder threads per ffmpeg (0: ffmpeg's choice); "
+                                                   "the chunks are already decoded in parallel")
     io_cpus: float = knob(0.1, lo=0.01, hi=8)
     # output
     plot: bool = True

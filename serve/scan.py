@@ -2,7 +2,7 @@
 
     sift scan VIDEO... --output DIR [--model URI] [--fps 2] [--reel LABEL] [--no-overlay] [key=value ...]
 
-The driver validates and probes each video and plans its chunks (``serve.scan_decode``: about
+The driver validates and probes each video and plans its chunks (``serve.scan_plan``: about
 ``chunk_s`` s each, starting just after a keyframe). Ray Data then runs one decode task per chunk
 (one ffmpeg, seeking before its input: frames on the ``fps`` grid, the first frame of every scene,
 and the scene score of every decoded frame, in one pass) feeding an autoscaling pool of model actors
@@ -37,17 +37,13 @@ from flows.video import VideoError, check_limits, output_size, probe
 
 from .batch import RAW, check_budget, prob_column, score, stream
 from .batch_config import ScanConfig, load_scan
-from .scan_decode import Chunk, decode_chunk, keyframe_times, lead_for, plan_chunks
+from .scan_decode import decode_task
+from .scan_plan import keyframe_times, lead_for, plan_chunks
 from .scan_timeline import build, plot, write_csv, write_json
 
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv")
 _IMAGES = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "ICO", "HEIF")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-DECODED = pa.schema([("video", pa.int32()), ("t", pa.float64()), ("score", pa.float64()),
-                     ("grid", pa.bool_()), ("frame", pa.binary()), ("height", pa.int32()),
-                     ("width", pa.int32()), ("error", pa.string()), ("detail", pa.string())])
-
-
 def plan_video(index: int, path: str, cfg: ScanConfig, short_edge: int) -> tuple[dict, list[dict]]:
     """Validate + probe one video -> (its metadata, one work item per chunk). Reject/VideoError."""
     head, size = read_head(path)
@@ -65,31 +61,6 @@ def plan_video(index: int, path: str, cfg: ScanConfig, short_edge: int) -> tuple
     items = [{"video": index, "path": path, "seek": c.seek, "start": c.start, "end": c.end,
               "last": c.last, "width": w, "height": h} for c in chunks]
     return meta, items
-
-
-def decode_task(batch: pa.Table, cfg: ScanConfig) -> pa.Table:
-    """Ray Data shell around ``decode_chunk``: chunk items -> one row per kept frame (raw RGB), or
-    one error row per chunk that failed."""
-    rows = []
-    for it in batch.to_pylist():
-        chunk = Chunk(it["seek"], it["start"], it["end"], it["last"])
-        try:
-            frames = decode_chunk(it["path"], it["width"], it["height"], cfg.fps, chunk,
-                                  cfg.scene_threshold, cfg.min_scene_s, cfg.ffmpeg_timeout)
-        except VideoError as exc:
-            rows.append(_error_row(it["video"], exc.reason, exc.detail))
-            continue
-        except Exception as exc:  # an unexpected failure is this video's error, not the job's
-            rows.append(_error_row(it["video"], "internal_error", f"{type(exc).__name__}: {exc}"[:300]))
-            continue
-        rows += [{"video": it["video"], "t": f.t, "score": f.score, "grid": f.grid, "frame": f.pixels,
-                  "height": it["height"], "width": it["width"], "error": "", "detail": ""} for f in frames]
-    return pa.Table.from_pylist(rows, schema=DECODED)
-
-
-def _error_row(video: int, reason: str, detail: str) -> dict:
-    return {"video": video, "t": math.nan, "score": 0.0, "grid": False, "frame": b"", "height": 0,
-            "width": 0, "error": reason, "detail": detail}
 
 
 def stems(paths: list[str]) -> list[str]:

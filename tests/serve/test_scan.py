@@ -9,14 +9,19 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from flows.config import ConfigError
 from flows.video import VideoError, output_size, probe, scene_cuts
 from flows.video_sample import sample_frames
 from serve import scan_decode as sd
+from serve.batch_config import load_scan
+from serve import scan_plan as sp
 from serve import scan_timeline as st
 from serve.scan import main, split_inputs, stems
 from tests.flows.test_video import X264, _lavfi
@@ -38,20 +43,20 @@ def _covers(chunks, duration):
 
 def test_plan_chunks_snaps_to_keyframes_and_covers_the_video():
     kf = [float(k) for k in range(0, 600, 10)]  # a keyframe every 10 s
-    chunks = sd.plan_chunks(600.0, kf, 60.0, lead=0.12)
+    chunks = sp.plan_chunks(600.0, kf, 60.0, lead=0.12)
     _covers(chunks, 600.0)
     for c in chunks[1:]:
-        assert c.seek - sd.SEEK_PAST in kf  # seeks just past a keyframe: nothing decoded in vain
+        assert c.seek - sp.SEEK_PAST in kf  # seeks just past a keyframe: nothing decoded in vain
         assert c.start == pytest.approx(c.seek + 0.12)
     assert all(c.end - c.start >= 15.0 for c in chunks) and len(chunks) == 10
     # no keyframes known: nominal starts; a short video: one chunk
-    _covers(sd.plan_chunks(95.0, [], 30.0, 0.2), 95.0)
-    assert [c.seek for c in sd.plan_chunks(95.0, [], 30.0, 0.2)] == [0.0, 30.0, 60.2]
-    assert len(sd.plan_chunks(20.0, kf, 60.0, 0.1)) == 1 and sd.plan_chunks(0.0, kf, 60.0, 0.1) == []
+    _covers(sp.plan_chunks(95.0, [], 30.0, 0.2), 95.0)
+    assert [c.seek for c in sp.plan_chunks(95.0, [], 30.0, 0.2)] == [0.0, 30.0, 60.2]
+    assert len(sp.plan_chunks(20.0, kf, 60.0, 0.1)) == 1 and sp.plan_chunks(0.0, kf, 60.0, 0.1) == []
 
 
 def test_scan_cmd_seeks_before_input_and_selects_before_scaling():
-    c = sd.Chunk(seek=10.001, start=10.121, end=20.121, last=False)
+    c = sp.Chunk(seek=10.001, start=10.121, end=20.121, last=False)
     cmd = sd.scan_cmd("a.mp4", 84, 48, 2.0, c, 0.3, 0.5)
     src = cmd.index("file:" + os.path.abspath("a.mp4"))
     assert cmd[src - 1] == "-i" and cmd.index("-ss") < src and cmd[cmd.index("-ss") + 1] == "10.001000"
@@ -60,10 +65,51 @@ def test_scan_cmd_seeks_before_input_and_selects_before_scaling():
     assert vf.index("select=") < vf.index("settb=AVTB") < vf.index("metadata@scan") < vf.index("scale=84:48")
     assert "gt(scene,0.3)" in vf and "(t+10.001000)*2/1" in vf
     assert cmd[cmd.index("-frames:v") + 1] == str(sd.max_frames(c, 2.0, 0.5))
-    last = sd.scan_cmd("a.mp4", 84, 48, 2.0, sd.Chunk(0.0, 0.0, 5.0, True), 0.3, 0.5)
+    last = sd.scan_cmd("a.mp4", 84, 48, 2.0, sp.Chunk(0.0, 0.0, 5.0, True), 0.3, 0.5)
     assert "-ss" not in last and "-t" not in last
     with pytest.raises(VideoError):
         sd.scan_cmd("http://x/a.mp4", 84, 48, 2.0, c, 0.3, 0.5)
+    # one decoder thread per ffmpeg by default (the chunks are the parallelism); 0 = ffmpeg's choice
+    assert cmd[cmd.index("-threads") + 1] == "1" and cmd.index("-threads") < src
+    assert "-threads" not in sd.scan_cmd("a.mp4", 84, 48, 2.0, c, 0.3, 0.5, threads=0)
+
+
+def test_run_large_reads_everything_once_and_fails_clearly():
+    py = [sys.executable, "-c"]
+    out, err = sd.run_large(py + ["import sys; sys.stdout.buffer.write(bytes(range(256)) * 12_000); "
+                                  "sys.stderr.write('log line')"], 30, size_hint=1000)  # grows past the hint
+    assert bytes(out) == bytes(range(256)) * 12_000 and err == "log line"
+    with pytest.raises(VideoError, match="timed out after 0.5 s"):
+        sd.run_large(py + ["import time; time.sleep(30)"], 0.5, 1000)
+    with pytest.raises(VideoError, match="bad input here") as e:
+        sd.run_large(py + ["import sys; sys.stderr.write('bad input here'); sys.exit(3)"], 30, 1000)
+    assert e.value.reason == "video_error"
+    with pytest.raises(VideoError, match="cannot run"):
+        sd.run_large(["/nonexistent/ffmpeg"], 30, 1000)
+
+
+def test_decoded_frames_share_ffmpegs_buffer():
+    size, buf = 12, memoryview(bytearray(range(60)))
+    d = sd.Decoded([0.0, 0.5, 1.0], [0.0, 0.9, 0.1], [True, False, True], buf[12:48], size)
+    col = d.frame_column()
+    assert col.to_pylist() == [bytes(range(12, 24)), bytes(range(24, 36)), bytes(range(36, 48))]
+    assert col.buffers()[2].address == pa.py_buffer(buf[12:48]).address  # wrapped, not copied
+    assert [(f.t, f.score, f.grid, bytes(f.pixels)) for f in d][1] == (0.5, 0.9, False, bytes(range(24, 36)))
+    # a chunk that cannot be read is one error row with the schema of the frames
+    cfg = load_scan(None, ["model=/nowhere"])
+    item = pa.table({"video": [3], "path": ["/nonexistent.mp4"], "seek": [0.0], "start": [0.0],
+                     "end": [5.0], "last": [True], "width": [84], "height": [48]})
+    rows = sd.decode_task(item, cfg)
+    assert rows.schema == sd.DECODED and rows.num_rows == 1
+    assert rows.column("error").to_pylist() == ["video_error"] and rows.column("video").to_pylist() == [3]
+
+
+def test_decode_workers_import_no_model_code():
+    # Ray imports serve.scan_decode in every decode worker: torch there cost ~1.3 CPU-s per worker
+    code = "import sys, serve.scan_decode; print(sorted({'torch', 'transformers', 'ultralytics'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.strip() == "[]"
 
 
 def test_parsers():
@@ -78,8 +124,8 @@ def test_parsers():
     recs = sd.parse_log(log)
     assert recs[:2] == [(0.12, 0.0), (2.00004, 0.612)] and math.isnan(recs[2][0])
     text = "packet,0.080000,K__\npacket,0.120000,___\npacket,N/A,K__\npacket,10.080000,K__\nformat,0.080000\n"
-    assert sd.parse_keyframes(text) == pytest.approx([0.0, 10.0])
-    assert sd.lead_for(25.0) == pytest.approx(0.12) and sd.lead_for(0.0) == 0.2
+    assert sp.parse_keyframes(text) == pytest.approx([0.0, 10.0])
+    assert sp.lead_for(25.0) == pytest.approx(0.12) and sp.lead_for(0.0) == 0.2
 
 
 def test_final_cuts_and_smoothing_never_crosses_a_cut():
@@ -156,7 +202,7 @@ def clips(tmp_path_factory):
 def _scan(path, chunk_s, fps=2.0):
     info = probe(path)
     w, h = output_size(info.width, info.height, 448)
-    chunks = sd.plan_chunks(info.duration, sd.keyframe_times(path), chunk_s, sd.lead_for(info.fps))
+    chunks = sp.plan_chunks(info.duration, sp.keyframe_times(path), chunk_s, sp.lead_for(info.fps))
     return chunks, [f for c in chunks for f in sd.decode_chunk(path, w, h, fps, c, 0.3, 0.5, 60)], (w, h)
 
 
