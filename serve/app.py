@@ -54,9 +54,7 @@ class Api:
     # -- the shared path: bytes -> preprocess -> batched model ----------------------------------
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
-        res = await self.pre.classify.remote(data, info["short_edge"], tiles, agg)
-        if "error" in res:
-            raise ApiError(res["status"], res["error"]["code"], res["error"]["message"])
+        res = ApiError.raise_for(await self.pre.classify.remote(data, info["short_edge"], tiles, agg))
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
 
@@ -107,11 +105,9 @@ class Api:
             if len(p.items) != 1:
                 raise ApiError(422, "one_video", "send exactly one video")
             info = await self.info()
-            res = await self.pre.classify_video.remote(p.items[0][1], info["short_edge"], p.fps or self.cfg.video_fps,
-                                                       p.aggregate or self.cfg.video_aggregate, self.cfg.video_smooth)
-            if "error" in res:
-                raise ApiError(res["status"], res["error"]["code"], res["error"]["message"])
-            return res
+            return ApiError.raise_for(await self.pre.classify_video.remote(
+                p.items[0][1], info["short_edge"], p.fps or self.cfg.video_fps,
+                p.aggregate or self.cfg.video_aggregate, self.cfg.video_smooth))
         return await self._guard(request, "classify_video", work)
 
     @api.post("/v1/jobs", status_code=202, summary="Queue many images; poll GET /v1/jobs/{id}")
@@ -176,11 +172,11 @@ def build_app(cfg: ServeConfig):
         user_config={"model": cfg.model}).bind(cfg)
     # Preprocess holds each image request while the Model batches it, so it takes as many at once
     # as the ingress does (Serve's default of 5 would queue the rest in front of it).
-    pre = Preprocess.options(num_replicas=cfg.preprocess_replicas, logging_config=logs,
-                             max_ongoing_requests=max(100, cfg.max_ongoing_requests * 2),
+    front = max(100, cfg.max_ongoing_requests * 2)
+    pre = Preprocess.options(num_replicas=cfg.preprocess_replicas, logging_config=logs, max_ongoing_requests=front,
                              ray_actor_options={"num_cpus": cfg.preprocess_cpus}).bind(cfg, model)
     return Api.options(ray_actor_options={"num_cpus": cfg.ingress_cpus}, logging_config=logs,
-                       max_ongoing_requests=max(100, cfg.max_ongoing_requests * 2)).bind(pre, model, cfg)
+                       max_ongoing_requests=front).bind(pre, model, cfg)
 
 
 def app_builder(args: dict):

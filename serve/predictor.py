@@ -33,6 +33,14 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
 
+    @classmethod
+    def raise_for(cls, res: dict) -> dict:
+        """A Preprocess result: returned as is, or raised when it is an error dict
+        (``{"status", "error": {"code", "message"}}``: errors cross the deployment boundary as data)."""
+        if "error" in res:
+            raise cls(res["status"], res["error"]["code"], res["error"]["message"])
+        return res
+
 
 def from_reject(exc: Reject, what: str = "") -> ApiError:
     return ApiError(STATUS.get(exc.reason, 400), exc.reason, f"{what}{exc.reason}: {exc.detail}".strip())
