@@ -160,20 +160,32 @@ class Scorer:
         return out.append_column("detail", pa.array(prep.detail, pa.string()))
 
 
-def check_budget(need: float, what: str) -> None:
-    """Refuse a pipeline that reserves more CPUs than a local Ray has (Ray Data would wait forever,
-    silently). On a joined cluster (``RAY_ADDRESS``) the autoscaler may add nodes: only warn."""
+def check_budget(need: float, what: str, wait_s: float = 10.0) -> None:
+    """Refuse a pipeline that reserves more CPUs than a local Ray has free (Ray Data would wait
+    forever, silently): more than the cluster has at all, or more than other work (a Serve app, a
+    job) leaves free after ``wait_s`` s. On a joined cluster (``RAY_ADDRESS``) the autoscaler may
+    add nodes: only warn."""
     import ray
 
+    fix = "lower max_actors, actor_cpus (or decoders, decode_cpus)"
+    joined = bool(os.environ.get("RAY_ADDRESS"))
     have = float(ray.cluster_resources().get("CPU", 0.0))
-    if need <= have + 1e-9:
-        return
-    msg = (f"{what} reserves up to {need:g} CPUs but the cluster has {have:g}; lower max_actors, "
-           f"actor_cpus (or decoders, decode_cpus)")
-    if os.environ.get("RAY_ADDRESS"):
-        print(f"warning: {msg} (waiting for the autoscaler)", flush=True)
-        return
-    raise ConfigError(msg)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if need > have + 1e-9:
+            msg = f"{what} reserves up to {need:g} CPUs but the cluster has {have:g}; {fix}"
+        else:
+            free = float(ray.available_resources().get("CPU", 0.0))
+            if need <= free + 1e-9:
+                return
+            msg = (f"{what} reserves up to {need:g} CPUs but only {free:g} of the cluster's {have:g} are "
+                   f"free (other work holds the rest); {fix}, or stop that work")
+        if joined:
+            print(f"warning: {msg} (waiting for the autoscaler)", flush=True)
+            return
+        if need > have + 1e-9 or time.monotonic() >= deadline:
+            raise ConfigError(msg)
+        time.sleep(0.5)  # a pipeline that just finished may still be releasing its workers
 
 
 def score(ds, model_dir: str, *, source: str, batch_size: int, min_actors: int, max_actors: int,

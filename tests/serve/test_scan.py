@@ -247,12 +247,16 @@ def test_truncated_and_corrupt(clips):
 # ---------------------------------------------------------------- Ray: the whole command
 
 
+# Sized for the shared test Ray (4 logical CPUs), where the session's Serve app holds some of them.
+SMALL = ["max_actors=1", "actor_cpus=1", "threads=1"]
+
+
 def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips, tmp_path):
     from serve.scan import make_reel
 
     out = tmp_path / "scan"
     args = [clips["gop25"], clips["corrupt"], "--output", str(out), clips["truncated"], "--model",
-            str(trained["model"]), "--reel", CLASSES[0], "chunk_s=3", "batch_size=8", "max_actors=1"]
+            str(trained["model"]), "--reel", CLASSES[0], "chunk_s=3", "batch_size=8", *SMALL]
     assert main(args) == 0  # one video scanned: success, the others reported
     summary = json.loads((out / "scan.json").read_text())
     assert [v["video"] for v in summary["videos"]] == [clips["gop25"]]
@@ -290,5 +294,21 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
     with pytest.raises(ConfigError, match="reserves up to"):
         main([clips["gop25"], "--output", str(tmp_path / "big"), "--model", str(trained["model"]), "actor_cpus=64"])
     # nothing readable: exit status 1, still a summary
-    assert main([clips["corrupt"], "--output", str(tmp_path / "bad"), "--model", str(trained["model"])]) == 1
+    assert main([clips["corrupt"], "--output", str(tmp_path / "bad"), "--model", str(trained["model"]), *SMALL]) == 1
     assert json.loads((tmp_path / "bad" / "scan.json").read_text())["videos"] == []
+
+
+def test_a_pool_that_other_work_leaves_no_room_for_is_refused(ray_session):
+    import ray
+
+    from serve.batch import check_budget
+
+    free = ray.available_resources().get("CPU", 0.0)
+    hold = ray.remote(num_cpus=free - 0.5)(type("Hold", (), {"ping": lambda self: 1})).remote()
+    try:
+        ray.get(hold.ping.remote())  # placed: it holds all but half a CPU
+        check_budget(0.4, "small", wait_s=1.0)
+        with pytest.raises(ConfigError, match=r"reserves up to 1 CPUs but only 0.5 of the cluster's .* are free"):
+            check_budget(1.0, "sift scan", wait_s=1.0)
+    finally:
+        ray.kill(hold)
