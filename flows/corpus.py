@@ -14,7 +14,6 @@ import argparse
 import json
 import multiprocessing
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from flows.corpus_draw import CLASSES, add_noise, encode, render
+from flows.corpus_draw import CLASSES, encode, render
+from flows.corpus_video import write_video
 from flows.schema import UNLABELED
 
 NEUTRAL = "NEUTRAL"  # the class whose folder is the noisy pool
@@ -94,57 +93,6 @@ def _write_image(job: dict) -> dict:
     Path(job["out"], job["path"]).write_bytes(data)
     return {k: job[k] for k in ("path", "true", "given", "pool", "format", "variant")} | {
         "kind": "image", "expect_reject": None, "width": size[0], "height": size[1]}
-
-
-def write_video(path: Path, scenes, size: tuple[int, int], fps: int, rng) -> dict:
-    """Encode ``scenes`` [(class, seconds), ...] into ``path`` (container from the suffix).
-
-    Each scene is one rendered picture seen through a slowly panning and zooming window, with light
-    noise so no two frames are equal; cuts are hard. Frames stream into ffmpeg's stdin one at a
-    time, so a long video never sits in memory. Returns {"duration", "scenes", "cuts"} in seconds.
-    """
-    w, h = size
-    codec = (["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "400k"]
-             if Path(path).suffix == ".webm" else ["-c:v", "libx264", "-preset", "veryfast", "-crf", "26"])
-    cmd = ["ffmpeg", "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0", "-an", "-threads", "1", *codec,
-           "-pix_fmt", "yuv420p", "-g", str(2 * fps), "-map_metadata", "-1",
-           "-fflags", "+bitexact", "-flags:v", "+bitexact", str(path)]
-    records, frame = [], 0
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on stderr
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            for cls, seconds in scenes:
-                n = max(1, round(seconds * fps))
-                for frame_img in _scene_frames(cls, n, size, rng):
-                    proc.stdin.write(frame_img.tobytes())
-                records.append({"start": frame / fps, "end": (frame + n) / fps, "label": cls})
-                frame += n
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # ffmpeg died; its return code and stderr say why
-        if proc.wait() != 0:
-            err.seek(0)
-            raise RuntimeError(f"ffmpeg failed on {path}: {err.read().decode(errors='replace')[-2000:]}")
-    return {"duration": frame / fps, "scenes": records, "cuts": [r["start"] for r in records[1:]]}
-
-
-def _scene_frames(cls: str, n: int, size: tuple[int, int], rng):
-    """``n`` frames of one scene: a window gliding from one crop of a large picture to another."""
-    w, h = size
-    big = render(cls, rng, (int(w * 1.4), int(h * 1.4)))
-    bw, bh = big.size
-
-    def box():
-        scale = rng.uniform(0.72, 1.0)  # the window is 72-100% of the picture
-        x, y = rng.uniform(0, bw * (1 - scale)), rng.uniform(0, bh * (1 - scale))
-        return np.array([x, y, x + bw * scale, y + bh * scale])
-
-    a, b = box(), box()
-    for i in range(n):
-        t = i / max(1, n - 1)
-        crop = big.resize(size, Image.Resampling.BILINEAR, box=tuple(a + (b - a) * t))
-        yield add_noise(crop, rng, 2.0)
 
 
 def plan_video(index: int, seed: int, classes, fps: int) -> list[tuple[str, float]]:

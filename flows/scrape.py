@@ -13,7 +13,6 @@ Ray/browser shells.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,103 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import CONFIG_DIR, ConfigError, knob, load, parse_overrides
 from .browser import Browser
+from .config import ConfigError
 from .feed import classify_remote, write_feed
 from .fetch import Fetched, Fetcher, RateLimiter
 from .images import open_image, prepare
+from .scrape_config import Recipe, ScrapeConfig, load_settings
 from .validate import Reject
-
-RECIPES = CONFIG_DIR / "recipes"
-
-
-@dataclasses.dataclass(frozen=True)
-class ScrapeConfig:
-    """How to fetch, compress and submit (defaults: flows/configs/scrape.yaml)."""
-    user_agent: str = "sift-scraper/0.1"
-    robots: bool = True
-    rate_limit_s: float = knob(0.25, lo=0.0, hi=600.0)
-    timeout_s: float = knob(15.0, lo=0.1, hi=600.0)
-    max_bytes: int = knob(20_000_000, lo=1)
-    max_video_bytes: int = knob(200_000_000, lo=1)
-    max_redirects: int = knob(5, lo=0, hi=50)
-    retries: int = knob(2, lo=0, hi=10)
-    backoff_s: float = knob(0.5, lo=0.0, hi=60.0)
-    allow_hosts: tuple[str, ...] = ()
-    allow_private: bool = False
-    download_threads: int = knob(4, lo=1, hi=64)
-    short_edge: int = knob(448, lo=16, hi=8192)
-    byte_budget: int = knob(200_000, lo=2_000, hi=50_000_000)
-    max_quality: int = knob(90, lo=10, hi=100)
-    min_quality: int = knob(40, lo=5, hi=100)
-    max_pixels: int = knob(50_000_000, lo=1)
-    min_side: int = knob(16, lo=1)
-    videos: str = knob("keyframes", choices=("keyframes", "skip", "keep"))
-    video_keyframes: int = knob(4, lo=0, hi=256)
-    scene_threshold: float = knob(0.3, lo=0.0, hi=1.0)
-    max_video_seconds: float = knob(1800.0, lo=0.1)
-    ffmpeg_timeout: float = knob(60.0, lo=1.0)
-    browsers: int = knob(2, lo=1, hi=64)
-    browser_cpus: float = knob(0.5, lo=0.05, hi=16.0)
-    chromium: str = ""
-    browser_args: tuple[str, ...] = ()
-    page_timeout_s: float = knob(30.0, lo=1.0, hi=600.0)
-    viewport: tuple[int, ...] = (1280, 900)
-    submit_batch: int = knob(32, lo=1, hi=1000)
-    tiles: int = knob(1, choices=(1, 5))
-    poll_s: float = knob(0.5, lo=0.01, hi=60.0)
-    server_timeout_s: float = knob(600.0, lo=1.0)
-    hide_labels: tuple[str, ...] = ("BAD",)
-    highlight_labels: tuple[str, ...] = ("GOOD",)
-    feed_dir: str = "sift-feed"
-    review_url: str = knob("", help="a `sift review` server: the feed gets \"wrong verdict\" buttons posting to it")
-    review_token: str = knob("", help="its token ($SIFT_REVIEW_TOKEN); written into feed.html")
-
-    def validate(self) -> None:
-        if self.min_quality > self.max_quality:
-            raise ValueError("min_quality must be <= max_quality")
-        if len(self.viewport) != 2:
-            raise ValueError("viewport is [width, height]")
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """What to collect on a page (see flows/configs/recipes/generic.yaml for every key)."""
-    start_urls: tuple[str, ...] = ()
-    item_selector: str = ""
-    image_selector: str = "img, picture source"
-    video_selector: str = "video"
-    background_selector: str = "*"
-    lazy_attrs: tuple[str, ...] = ("data-src", "data-srcset", "data-lazy-src", "data-original")
-    only_visible: bool = True
-    wait_for: str = ""
-    wait_ms: int = knob(0, lo=0, hi=600_000)
-    scroll_steps: int = knob(20, lo=0, hi=10_000)
-    scroll_pause_ms: int = knob(400, lo=0, hi=60_000)
-    next_selector: str = ""
-    max_pages: int = knob(1, lo=1, hi=10_000)
-    max_items: int = knob(200, lo=1, hi=1_000_000)
-
-
-def load_settings(recipe: str | None, config: str | None, pairs, max_items: int | None = None):
-    """(ScrapeConfig, Recipe): ``key=value`` pairs go to whichever of the two declares the key."""
-    overrides = parse_overrides(pairs)
-    recipe_keys = {f.name for f in dataclasses.fields(Recipe)}
-    known = recipe_keys | {f.name for f in dataclasses.fields(ScrapeConfig)}
-    if set(overrides) - known:
-        raise ConfigError(f"unknown key(s) {sorted(set(overrides) - known)}; recipe keys: {sorted(recipe_keys)}; "
-                          f"scrape keys: {sorted(known - recipe_keys)}")
-    r_over = {k: v for k, v in overrides.items() if k in recipe_keys}
-    if max_items is not None:
-        r_over["max_items"] = max_items
-    path = None if recipe in (None, "generic") else Path(recipe)
-    if path is not None and not path.exists() and (RECIPES / f"{recipe}.yaml").exists():
-        path = RECIPES / f"{recipe}.yaml"  # a recipe shipped with sift, by name
-    rec = load(Recipe, path, r_over, default_path=RECIPES / "generic.yaml")
-    cfg = load(ScrapeConfig, config, {k: v for k, v in overrides.items() if k not in recipe_keys},
-               default_path=CONFIG_DIR / "scrape.yaml")
-    return cfg, rec
-
 
 # ---------------------------------------------------------------- pure core: bytes -> stored items
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from flows.corpus import FORMATS, main, make_corpus, plan_labels, write_video
+from flows.corpus import FORMATS, main, make_corpus, plan_labels
+from flows.corpus_video import write_video
 from flows.corpus_draw import render
 from flows.schema import REJECT_REASONS
 

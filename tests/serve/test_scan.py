@@ -24,7 +24,7 @@ from serve.batch_config import load_scan
 from serve import scan_plan as sp
 from serve import scan_timeline as st
 from serve.scan import main, split_inputs, stems
-from tests.flows.test_video import X264, _lavfi
+from tests.flows.test_video_clips import X264, _lavfi
 
 S = "320x180"
 CLASSES = ["BAD", "NEUTRAL", "GOOD"]
