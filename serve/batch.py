@@ -168,23 +168,21 @@ def check_budget(need: float, what: str, wait_s: float = 10.0) -> None:
     import ray
 
     fix = "lower max_actors, actor_cpus (or decoders, decode_cpus)"
-    joined = bool(os.environ.get("RAY_ADDRESS"))
-    have = float(ray.cluster_resources().get("CPU", 0.0))
-    deadline = time.monotonic() + wait_s
-    while True:
-        if need > have + 1e-9:
-            msg = f"{what} reserves up to {need:g} CPUs but the cluster has {have:g}; {fix}"
-        else:
-            free = float(ray.available_resources().get("CPU", 0.0))
-            if need <= free + 1e-9:
-                return
-            msg = (f"{what} reserves up to {need:g} CPUs but only {free:g} of the cluster's {have:g} are "
-                   f"free (other work holds the rest); {fix}, or stop that work")
-        if joined:
+
+    def refuse(msg: str) -> None:
+        if os.environ.get("RAY_ADDRESS"):
             print(f"warning: {msg} (waiting for the autoscaler)", flush=True)
-            return
-        if need > have + 1e-9 or time.monotonic() >= deadline:
+        else:
             raise ConfigError(msg)
+
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if need > have + 1e-9:
+        return refuse(f"{what} reserves up to {need:g} CPUs but the cluster has {have:g}; {fix}")
+    deadline = time.monotonic() + wait_s
+    while (free := float(ray.available_resources().get("CPU", 0.0))) < need - 1e-9:
+        if os.environ.get("RAY_ADDRESS") or time.monotonic() >= deadline:
+            return refuse(f"{what} reserves up to {need:g} CPUs but only {free:g} of the cluster's {have:g} "
+                          f"are free (other work holds the rest); {fix}, or stop that work")
         time.sleep(0.5)  # a pipeline that just finished may still be releasing its workers
 
 

@@ -44,6 +44,8 @@ from .scan_timeline import build, plot, write_csv, write_json
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv")
 _IMAGES = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "ICO", "HEIF")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
 def plan_video(index: int, path: str, cfg: ScanConfig, short_edge: int) -> tuple[dict, list[dict]]:
     """Validate + probe one video -> (its metadata, one work item per chunk). Reject/VideoError."""
     head, size = read_head(path)

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import pyarrow as pa
 
 from flows.video import _LOGLEVEL, _SAFE_INPUT, VideoError, _errors, _last_error, _num, local_input
@@ -64,9 +65,6 @@ class Decoded:
 
     def frame_column(self):
         """The pixels as a pyarrow large_binary array of ``len(self)`` frames, sharing the buffer."""
-        import numpy as np
-        import pyarrow as pa
-
         offsets = np.arange(len(self) + 1, dtype=np.int64) * self.size
         return pa.Array.from_buffers(pa.large_binary(), len(self), [None, pa.py_buffer(offsets),
                                                               pa.py_buffer(self.pixels)])
