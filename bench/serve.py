@@ -129,6 +129,7 @@ def main(argv=None) -> int:
     from flows.runtime import init_ray
     from serve.app import build_app
     from serve.config import load_serve
+    from serve.main import serving_env
 
     work = Path(tempfile.mkdtemp(prefix="sift-bench-serve-"))
     model_dir = make_model(work)
@@ -136,6 +137,7 @@ def main(argv=None) -> int:
     same = data * max(1, args.requests // 64)
     before = in_process(model_dir, same, args.batch, threads=int(args.model_cpus))
     print(f"in-process batched (batch {args.batch}), before: {before:.1f} images/s", flush=True)
+    serving_env()  # as `sift serve` starts its Ray
     init_ray(num_cpus=4)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -76,6 +76,24 @@ def test_artifact_round_trip_gives_identical_predictions(tiny, tmp_path):
     assert loaded.predict(imgs, tiles=5)[0]["label"] in loaded.classes
 
 
+def test_chunked_cpu_forward_matches_one_forward_and_leaves_torch_threads_alone(tiny, tmp_path):
+    model, p, _ = tiny
+    model.eval()
+    save(tmp_path / "m", model, backbone_id="tiny", preproc=p, short_edge=448, classes=["BAD", "NEUTRAL", "GOOD"],
+         thresholds=[0.4, 0.3, 0.3], temperature=1.0, faces=None, hidden=32, dropout=0.1)
+    threads = torch.get_num_threads()
+    one, chunked = SiftModel(tmp_path / "m", workers=1), SiftModel(tmp_path / "m", workers=3)
+    assert one.pool is None and chunked.workers == 3
+    imgs = [one.prepare(_jpeg(s)) for s in range(7)]  # 7 images -> 6 uneven chunks
+    np.testing.assert_allclose(chunked.logits(imgs), one.logits(imgs), atol=1e-5)
+    np.testing.assert_allclose(chunked.logits(imgs[:1]), one.logits(imgs[:1]), atol=1e-5)
+    assert torch.get_num_threads() == threads  # the caller's intra-op threads are untouched
+    assert set(chunked.pool.map(lambda _: torch.get_num_threads(), range(6))) == {1}  # single-threaded workers
+    # grad mode is per thread: the workers must turn it off themselves
+    x, face = torch.randn(4, 3, p.crop, p.crop, requires_grad=True), torch.zeros(4, 4)
+    assert not chunked.forward(x, face).requires_grad
+
+
 def test_preproc_round_trips_as_dict():
     p = Preproc(72, 64)
     assert Preproc.from_dict(p.to_dict()) == p
