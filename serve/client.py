@@ -83,7 +83,7 @@ class Local:
 
         from flows import video as v
 
-        from .deployments import sampled_frames
+        from .predictor import sampled_frames
 
         se = self.predictor.model.short_edge
         try:

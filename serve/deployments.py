@@ -22,7 +22,7 @@ import numpy as np
 from ray import serve
 
 from .config import ServeConfig
-from .predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sniff_kind
+from .predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sampled_frames, sniff_kind
 
 
 def _error(exc: ApiError) -> dict:
@@ -87,19 +87,6 @@ class Preprocess:
             return _error(exc)
         return {"times": [f.timestamp for f in frames], "kinds": [f.kind for f in frames],
                 "frames": [f.image for f in frames], "duration": info.duration}
-
-
-def sampled_frames(path: str, fps: float, short_edge: int, cfg: ServeConfig):
-    """Evenly sampled frames (the long-video sampler); empty if it is not available."""
-    try:
-        from flows.video import sample_frames
-    except ImportError:
-        try:
-            from flows.video_sample import sample_frames
-        except ImportError:
-            return iter(())
-    return sample_frames(path, fps=fps, short_edge=short_edge, timeout=cfg.request_timeout_s,
-                         max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)
 
 
 @serve.deployment(name="Model")

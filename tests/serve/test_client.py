@@ -1,5 +1,6 @@
 """sift classify / sift score-folder, locally and against the running API."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -41,6 +42,18 @@ def test_classify_locally_prints_json_lines(folder, trained, capsys):
     assert broken["status"] == 415 and broken["error"]["code"] == "not_media"
     ok = [l for l in lines if "label" in l]
     assert len(ok) == 4 and all(abs(sum(l["probs"].values()) - 1) < 1e-5 for l in ok)
+
+
+def test_classify_a_video_locally_gives_its_timeline(trained, tmp_path, capsys):
+    path = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:d=4", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)
+    assert classify_main([str(path), "--json", "--model", trained["model"]]) == 0
+    (line,) = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert line["label"] in ("BAD", "NEUTRAL", "GOOD") and abs(line["duration"] - 4.0) < 0.2
+    times = [f["t"] for f in line["frames"]]
+    assert times == sorted(times) and len(times) >= 4  # keyframes + 1 fps samples
+    assert line["segments"][-1]["end"] == pytest.approx(4.0, abs=0.2)
 
 
 def test_score_folder_sorts_and_copies_the_range(folder, trained, tmp_path, capsys):
