@@ -75,17 +75,22 @@ def local_input(path: str) -> str:
     return "file:" + os.path.abspath(path)
 
 
+def popen(cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` (stdin closed, stdout and stderr piped): where every ffmpeg and ffprobe of sift
+    starts. VideoError("video_error") when the executable cannot run."""
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise VideoError("video_error", f"cannot run {cmd[0]}: {exc}") from None
+
+
 def run(cmd: list[str], timeout: float) -> tuple[bytes, str]:
-    """Run ``cmd``; return (stdout bytes, stderr text). The only place a subprocess starts.
+    """Run ``cmd``; return (stdout bytes, stderr text).
 
     Raises VideoError("video_error") on a timeout (the child is killed and reaped first), a missing
     executable or a non-zero exit (detail: the last stderr line).
     """
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise VideoError("video_error", f"cannot run {cmd[0]}: {exc}") from None
+    proc = popen(cmd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException as exc:  # timeout, KeyboardInterrupt, task cancellation: never orphan it

@@ -31,7 +31,7 @@ import numpy as np
 
 from .schema import FRAME
 from .video import (_LOGLEVEL, _SAFE_INPUT, Frame, VideoError, check_limits, local_input,
-                    output_size, probe, run)
+                    output_size, popen, probe, run)
 
 _TAG = "smp"  # metadata filter instance whose log lines carry the per-frame pts
 _PTS = re.compile(rf"^\[metadata@{_TAG} @ [^\]]*\] (?:\[\w+\] )?frame:\d+\s+pts:(\S+)")
@@ -144,11 +144,7 @@ def _stream(path: str, w: int, h: int, fps: float, start: float, end: float, tim
     """One ffmpeg for ``[start, end)``; kills and reaps it however the generator ends."""
     expected = len(sample_times(end, fps, start, end))
     cmd = sample_cmd(path, w, h, fps, start, end, max_frames=expected + 1)
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise VideoError("video_error", f"cannot run {cmd[0]}: {exc}") from None
+    proc = popen(cmd)
     times: queue.Queue = queue.Queue()  # pts_time per logged frame, then None at stderr EOF
     log = _Log()
     reader = threading.Thread(target=log.drain, args=(proc.stderr, times), daemon=True)

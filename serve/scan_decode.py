@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 
-from flows.video import _LOGLEVEL, _SAFE_INPUT, VideoError, _errors, _last_error, _num, local_input
+from flows.video import _LOGLEVEL, _SAFE_INPUT, VideoError, _errors, _last_error, _num, local_input, popen
 
 from .scan_plan import Chunk
 
@@ -190,11 +189,7 @@ def run_large(cmd: list[str], timeout: float, size_hint: int) -> tuple[memoryvie
     pipe, and stderr is drained by a thread. Why: ``communicate`` reads 32 KiB at a time and joins
     the pieces (a second copy); at ~1 MB a frame that was ~0.2 s of CPU per 100 frames.
     Returns (a view of the bytes written, stderr text)."""
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise VideoError("video_error", f"cannot run {cmd[0]}: {exc}") from None
+    proc = popen(cmd)
     _widen_pipe(proc.stdout)
     err: list[bytes] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)

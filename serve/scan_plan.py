@@ -24,7 +24,6 @@ class Chunk:
     last: bool  # decode to the end of the stream (no -t)
 
 
-
 def keyframes_cmd(path: str) -> list[str]:
     """ffprobe listing each video packet's pts and flags, and the container start time (CSV)."""
     return ["ffprobe", "-hide_banner", "-loglevel", "error", *_SAFE_INPUT, "-select_streams", "V:0",
