@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.config import load_preprocess  # noqa: E402
 from flows.corpus import make_corpus  # noqa: E402
+from flows import labelset  # noqa: E402
 from flows.ingest import discover  # noqa: E402
 from flows.manifest import decide  # noqa: E402
 from flows.process import process_batch  # noqa: E402
@@ -86,6 +87,7 @@ class PeakMemory:
 def single_process(corpus: Path, out: Path, cfg) -> float:
     """The baseline: one Python process, a plain loop, the same functions; returns seconds."""
     t0 = time.time()
+    cfg = labelset.for_input(cfg, corpus)
     items = discover(corpus, cfg.classes, cfg.noisy_pools)
     staging = out / "staging.parquet"
     writer = None

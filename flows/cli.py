@@ -53,3 +53,7 @@ def main(argv=None) -> int:
     except (ConfigError, IngestError) as exc:
         print(f"sift {name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -97,10 +97,14 @@ def _check(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
                 raise ConfigError(f"{name}: {v} is above the maximum {hi}")
 
 
-def build(cls: type[T], values: dict[str, Any], *, where: str = "config") -> T:
+def build(cls: type[T], values: dict[str, Any], *, where: str = "config",
+          explicit: Iterable[str] | None = None) -> T:
     """Make ``cls`` from a flat mapping: unknown keys rejected, types coerced, ranges checked.
 
-    Calls ``cls.validate()`` afterwards when defined, for checks across fields.
+    Calls ``cls.validate()`` afterwards when defined, for checks across fields. ``explicit`` names the
+    keys the user wrote (default: every key of ``values``); :func:`explicit` reads them back, so a
+    check against the data can tell a user's setting (refused when it does not fit) from a default
+    (which steps aside).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -113,6 +117,8 @@ def build(cls: type[T], values: dict[str, Any], *, where: str = "config") -> T:
         _check(name, coerced, fields[name].metadata)
         kwargs[name] = coerced
     obj = cls(**kwargs)
+    # not a field: it is not a setting, never logged, and equal configs stay equal
+    object.__setattr__(obj, "_explicit", frozenset(values if explicit is None else explicit))
     for f in fields.values():  # defaults are checked too: a bad YAML default is a bug to surface
         if f.name not in kwargs:
             _check(f.name, getattr(obj, f.name), f.metadata)
@@ -129,7 +135,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] 
          *, default_path: str | Path | None = None) -> T:
     """Load ``cls`` from the default YAML, then ``path`` (if given), then ``key=value`` overrides."""
     values: dict[str, Any] = {}
-    for p in (default_path, path):
+    user: set[str] = set()
+    for p, users in ((default_path, False), (path, True)):
         if p is None:
             continue
         p = Path(p)
@@ -139,8 +146,27 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] 
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of key: value")
         values.update(data)
-    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return build(cls, values, where=cls.__name__)
+        if users:
+            user |= set(data)
+    more = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    values.update(more)
+    return build(cls, values, where=cls.__name__, explicit=user | set(more))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that keeps the record of which keys the user wrote."""
+    new = dataclasses.replace(cfg, **changes)
+    object.__setattr__(new, "_explicit", explicit(cfg))
+    return new
+
+
+def explicit(cfg: Any) -> frozenset[str]:
+    """The keys of ``cfg`` the user wrote (a config file or ``key=value``), not taken from defaults.
+
+    A config made by ``dataclasses.replace`` or by hand has none recorded: every key then counts as
+    a default.
+    """
+    return getattr(cfg, "_explicit", frozenset())
 
 
 def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -166,9 +192,11 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
-    # label set: any names; a class may be declared a noisy pool with a prior over true classes
-    classes: tuple[str, ...] = ("BAD", "NEUTRAL", "GOOD")
-    noisy_pools: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # label set: any names, empty = what the data says (first-level folders / manifest labels); a
+    # class may be declared a noisy pool with a prior over true classes
+    classes: tuple[str, ...] = ()
+    noisy_pools: dict[str, dict[str, float]] = dataclasses.field(  # steps aside when NEUTRAL is absent
+        default_factory=lambda: {"NEUTRAL": {"NEUTRAL": 0.65, "BAD": 0.30, "GOOD": 0.05}})
     # images
     short_edge: int = knob(448, lo=16, hi=8192, help="shortest edge of stored images (never upscaled)")
     byte_budget: int = knob(200_000, lo=2_000, hi=50_000_000, help="max bytes of a stored JPEG")
@@ -204,16 +232,16 @@ class PreprocessConfig:
     rows_per_file: int = knob(2000, lo=1)
 
     def validate(self) -> None:
-        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 1:
-            raise ValueError(f"classes must be unique and non-empty: {self.classes}")
-        if "unlabeled" in (c.lower() for c in self.classes):
+        """Checks that need no data; the label set is checked against the data by
+        ``flows.labelset.resolve`` (before Ray starts)."""
+        lowered = [c.strip().lower() for c in self.classes]
+        if len(set(lowered)) != len(lowered) or any(not c for c in lowered):
+            raise ValueError(f"classes must be unique (case-insensitively) and non-empty: {list(self.classes)}")
+        if "unlabeled" in lowered:
             raise ValueError("'unlabeled' is reserved for the unlabeled pool, not a class")
         for pool, prior in self.noisy_pools.items():
-            if pool not in self.classes:
-                raise ValueError(f"noisy pool {pool!r} is not one of classes {list(self.classes)}")
-            unknown = set(prior) - set(self.classes)
-            if unknown:
-                raise ValueError(f"noisy pool {pool!r}: prior names unknown classes {sorted(unknown)}")
+            if not isinstance(prior, dict):
+                raise ValueError(f"noisy_pools.{pool}: expected a mapping class: probability, got {prior!r}")
             if any(p < 0 for p in prior.values()) or abs(sum(prior.values()) - 1.0) > 1e-3:
                 raise ValueError(f"noisy pool {pool!r}: prior must be >= 0 and sum to 1, got {prior}")
         if self.min_quality > self.max_quality:

@@ -16,6 +16,19 @@ if TYPE_CHECKING:
 
 
 
+def server_classes(server: str, token: str) -> list[str] | None:
+    """The class names of the backend's model (``/readyz``), or None when it does not answer."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(server.rstrip("/") + "/readyz", headers=headers, timeout=10, trust_env=False)
+        classes = r.json().get("classes") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
 def classify_remote(items: list[dict], server: str, token: str, cfg: ScrapeConfig) -> dict[str, dict]:
     """Verdicts from the backend: one job per page (or per ``submit_batch`` items), polled until done.
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from . import labelset
 from .config import flat, load_preprocess
 from .ingest import discover
 from .manifest import build_manifest, decide
@@ -96,14 +97,20 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
 
     from .runtime import init_ray
 
+    given = cfg
+    cfg = labelset.for_input(cfg, inp)  # the label set, checked before Ray starts
+    items = discover(inp, cfg.classes, cfg.noisy_pools)
+    if dropped := labelset.dropped_defaults(given, cfg):
+        print(f"[preprocess] default noisy pool(s) {dropped} left out: not among the classes {list(cfg.classes)}",
+              flush=True)
     init_ray(num_cpus)
     out = Path(out).resolve()
-    items = discover(inp, cfg.classes, cfg.noisy_pools)
     staging, data = out / "_staging", out / "data"
     for d in (staging, data):
         shutil.rmtree(d, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[preprocess] {len(items)} inputs from {inp}; actor pool {cfg.min_actors}..{cfg.max_actors}",
+    print(f"[preprocess] {len(items)} inputs from {inp}; classes {list(cfg.classes)}"
+          f"{' (from the data)' if not given.classes else ''}; actor pool {cfg.min_actors}..{cfg.max_actors}",
           flush=True)
 
     t0 = time.time()
@@ -127,6 +134,7 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
     manifest = build_manifest(meta, keep, rejects, dups, cfg, n_inputs=len(items), n_entries=count_entries(items),
                               timings={"process_s": t1 - t0, "finalize_s": t2 - t1, "total_s": t2 - t0})
     manifest["input"], manifest["output"], manifest["config"] = str(inp), str(out), flat(cfg)
+    manifest["label_set"] = {"from": "classes=" if given.classes else "data", "dropped_defaults": dropped}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
     shutil.rmtree(staging, ignore_errors=True)
     return manifest

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from .browser import Browser
 from .config import ConfigError
-from .feed import classify_remote, write_feed
+from .feed import classify_remote, server_classes, write_feed
 from .fetch import Fetched, Fetcher, RateLimiter
 from .images import open_image, prepare
-from .scrape_config import Recipe, ScrapeConfig, load_settings
+from .scrape_config import Recipe, ScrapeConfig, for_classes, load_settings
 from .validate import Reject
 
 # ---------------------------------------------------------------- pure core: bytes -> stored items
@@ -228,6 +228,12 @@ def main(argv=None) -> int:
     urls = list(dict.fromkeys([*recipe.start_urls, *(a for a in args.args if a not in pairs)]))
     if not urls:
         raise ConfigError("no start URL: give URLs on the command line or start_urls in the recipe")
+    if args.to_server:  # the feed's labels must be the model's: checked before any browser starts
+        classes = server_classes(args.to_server, args.token)
+        if classes is None:
+            print(f"warning: {args.to_server}/readyz did not answer; hide/highlight labels are not checked")
+        else:
+            cfg = for_classes(cfg, classes)
     t0 = time.perf_counter()
     pages = scrape(urls, recipe, cfg, progress=not args.quiet)
     items = unique_items(pages)

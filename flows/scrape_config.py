@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import CONFIG_DIR, ConfigError, knob, load, parse_overrides
+from .config import CONFIG_DIR, ConfigError, explicit, knob, load, parse_overrides, replace
 
 RECIPES = CONFIG_DIR / "recipes"
 
@@ -47,8 +47,9 @@ class ScrapeConfig:
     tiles: int = knob(1, choices=(1, 5))
     poll_s: float = knob(0.5, lo=0.01, hi=60.0)
     server_timeout_s: float = knob(600.0, lo=1.0)
-    hide_labels: tuple[str, ...] = ("BAD",)
-    highlight_labels: tuple[str, ...] = ("GOOD",)
+    # the defaults belong to the default label set: each steps aside when the server lacks its class
+    hide_labels: tuple[str, ...] = knob(("BAD",), help="classes the filtered feed collapses")
+    highlight_labels: tuple[str, ...] = knob(("GOOD",), help="classes the filtered feed highlights")
     feed_dir: str = "sift-feed"
     review_url: str = knob("", help="a `sift review` server: the feed gets \"wrong verdict\" buttons posting to it")
     review_token: str = knob("", help="its token ($SIFT_REVIEW_TOKEN); written into feed.html")
@@ -77,6 +78,20 @@ class Recipe:
     next_selector: str = ""
     max_pages: int = knob(1, lo=1, hi=10_000)
     max_items: int = knob(200, lo=1, hi=1_000_000)
+
+
+def for_classes(cfg: ScrapeConfig, classes: list[str]) -> ScrapeConfig:
+    """The feed's hide/highlight labels checked against the server's ``classes``: a default names
+    only present classes afterwards, a label the user wrote that the model lacks is a ConfigError."""
+    canon = {c.lower(): c for c in classes}
+    changes = {}
+    for key in ("hide_labels", "highlight_labels"):
+        labels = getattr(cfg, key)
+        stray = [c for c in labels if c.lower() not in canon]
+        if stray and key in explicit(cfg):
+            raise ConfigError(f"{key}: {stray} not among the server model's classes {list(classes)}")
+        changes[key] = tuple(canon[c.lower()] for c in labels if c.lower() in canon)
+    return replace(cfg, **changes)
 
 
 def load_settings(recipe: str | None, config: str | None, pairs, max_items: int | None = None):

@@ -1,6 +1,7 @@
 """The self-describing model artifact, and the one way to run it on images.
 
-    ARTIFACT/sift_model.json   backbone id + config, preprocessing, classes, thresholds, temperature,
+    ARTIFACT/sift_model.json   backbone id + config, preprocessing, classes, thresholds and the rule
+                               that chose them (worst mistake or macro-F1), temperature,
                                face detector (file, hash, classes, conf), run id, metrics
     ARTIFACT/backbone/         the (possibly fine-tuned) CLIP vision tower, save_pretrained format
     ARTIFACT/head.pt           head weights
@@ -32,7 +33,8 @@ META = "sift_model.json"
 
 def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, short_edge: int,
          classes: list[str], thresholds: list[float], temperature: float, faces: dict | None,
-         run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float) -> Path:
+         run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float,
+         decision: dict | None = None) -> Path:
     """Write the artifact directory (replacing ``out``)."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -49,6 +51,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         "format": 1, "backbone_id": backbone_id, "backbone_config": model.backbone.config.to_dict(),
         "preprocessing": {**preproc.to_dict(), "short_edge": short_edge},
         "classes": list(classes), "thresholds": [float(t) for t in thresholds],
+        "decision": decision or {"rule": "argmax"},
         "temperature": float(temperature), "faces": face_meta, "n_face": model.n_face,
         "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
         "run_id": run_id, "metrics": metrics or {},

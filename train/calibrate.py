@@ -3,8 +3,10 @@
 * Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", sec. 4.2): one scalar
   T > 0 divides the logits; it is fitted by minimising the validation NLL of softmax(logits / T). It
   never changes the argmax, only the confidence, so accuracy is untouched and ECE usually drops a lot.
-* Per-class thresholds for ``metrics.predict_with_thresholds`` (the serving rule), chosen so that the
-  costly mistake (true ``negative`` predicted ``positive``, e.g. GOOD -> BAD) stays at or under a rate.
+* Per-class thresholds for ``metrics.predict_with_thresholds`` (the serving rule). With a worst
+  mistake (true ``negative`` predicted ``positive``, e.g. GOOD -> BAD) they keep it at or under a
+  rate (:func:`choose_thresholds`); without one they maximise validation macro-F1
+  (:func:`macro_f1_thresholds`): one threshold for a binary task, one per class otherwise.
 
 Shapes: logits (N, C) raw scores (numpy array or torch tensor); y (N,) int labels; probs (N, C).
 """
@@ -15,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from train.metrics import rival_share, threshold_interval
+from train.metrics import confusion, macro_f1, predict_with_thresholds, rival_share, threshold_interval
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _TINY = float(np.finfo(np.float64).tiny)
@@ -95,7 +97,67 @@ def _tau_from_interval(lo: float, hi: float) -> float:
     return (lo + hi) / 2.0
 
 
-def choose_thresholds(probs, y, classes: Sequence[str], *, positive: str = "BAD", negative: str = "GOOD",
+def _macro_f1_of(probs: np.ndarray, y: np.ndarray, t: np.ndarray) -> float:
+    return macro_f1(confusion(y, predict_with_thresholds(probs, t), probs.shape[1]))
+
+
+def _binary_macro_f1_threshold(score: np.ndarray, is0: np.ndarray) -> list[float]:
+    """(tau, 1 - tau): the exact macro-F1 sweep over cuts "predict class 0 when score >= tau"."""
+    order = np.argsort(-score, kind="stable")
+    s, pos = score[order], is0[order]
+    n0, n1 = int(pos.sum()), int((~pos).sum())
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # ties flagged together
+    tp0 = np.r_[0, np.cumsum(pos)[ends]].astype(np.float64)  # cut 0 flags nothing
+    fp0 = np.r_[0, np.cumsum(~pos)[ends]].astype(np.float64)
+    fn0, tp1 = n0 - tp0, n1 - fp0  # class 1 is predicted for every item not flagged
+    f1 = lambda tp, fp, fn: np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp),  # noqa: E731
+                                      where=(2 * tp + fp + fn) > 0)
+    score_of_cut = (f1(tp0, fp0, fn0) + f1(tp1, fn0, fp0)) / 2.0
+    # the threshold of each cut: halfway between the last flagged and the first unflagged score
+    # cut k flags the first k tie groups: thresholds in (first unflagged score, last flagged score]
+    hi = np.r_[np.inf, s[ends]]
+    lo = np.r_[s[0], s[ends[:-1] + 1], -np.inf]
+    taus = np.array([_tau_from_interval(a, b) for a, b in zip(lo, hi)])
+    best = np.flatnonzero(score_of_cut >= score_of_cut.max() - 1e-12)
+    tau = float(taus[best[np.argmin(np.abs(taus[best] - 0.5))]])
+    tau = min(max(tau, _TINY), 1.0)
+    return [tau, max(1.0 - tau, _TINY)]
+
+
+def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.0, 25)) -> list[float]:
+    """Thresholds (C values summing to 1) maximising validation macro-F1 under the serving rule.
+
+    Binary (C = 2): one threshold tau on P(class 0), thresholds (tau, 1 - tau), so class 0 is
+    predicted exactly when P(class 0) >= tau. The sweep is exact over the midpoints between
+    consecutive distinct scores; among equally good taus the one closest to 0.5 (plain argmax) wins.
+    C > 2: coordinate ascent from equal thresholds (plain argmax): each round scales one class's
+    threshold by every factor in ``grid`` in turn and keeps a change only when macro-F1 strictly
+    rises, so a validation set that cannot tell thresholds apart leaves plain argmax. Equal
+    thresholds when N == 0.
+    """
+    probs, y = _numpy(probs, np.float64), _numpy(y, np.int64).ravel()
+    C = probs.shape[1]
+    if y.size == 0 or C < 2:
+        return [1.0 / max(C, 1)] * C
+    if C == 2:
+        return _binary_macro_f1_threshold(probs[:, 0], y == 0)
+    t = np.full(C, 1.0 / C)
+    score = _macro_f1_of(probs, y, t)
+    for _ in range(rounds):
+        moved = False
+        for c in range(C):
+            for g in grid:
+                cand = t.copy()
+                cand[c] *= g
+                f = _macro_f1_of(probs, y, cand)
+                if f > score + 1e-12:
+                    t, score, moved = cand, f, True
+        if not moved:
+            break
+    return (t / t.sum()).tolist()
+
+
+def choose_thresholds(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
                       max_rate: float = 0.05) -> list[float]:
     """Per-class thresholds (C values in (0, 1]) for ``metrics.predict_with_thresholds``.
 
@@ -109,8 +171,12 @@ def choose_thresholds(probs, y, classes: Sequence[str], *, positive: str = "BAD"
     validation items with the returned thresholds respects max_rate (unless some negative item has
     P(pos) = 1 exactly, which no threshold can exclude). tau = 0.5 (plain argmax) when either class has
     no items. Items of other classes do not enter the constraint.
+
+    Without a worst mistake (``positive`` empty) the thresholds are :func:`macro_f1_thresholds`.
     """
     classes = list(classes)
+    if not positive:
+        return macro_f1_thresholds(probs, y)
     for name in (positive, negative):
         if name not in classes:
             raise ValueError(f"class {name!r} not in classes {classes}")

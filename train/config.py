@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable
 
-from flows.config import flat, knob, load
+from flows.config import ConfigError, explicit, flat, knob, load, replace
 from flows.runtime import state_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -48,13 +48,15 @@ class TrainConfig:
     gamma_neg: float = knob(4.0, lo=0.0, hi=10.0)
     class_gamma: dict[str, float] = dataclasses.field(default_factory=dict)
     label_smoothing: float = knob(0.05, lo=0.0, hi=0.5)
-    cost_worst: float = knob(5.0, lo=1.0, hi=1000.0, help="cost of true GOOD predicted BAD")
+    cost_worst: float = knob(5.0, lo=1.0, hi=1000.0, help="cost of the worst mistake (negative predicted positive)")
     cost_weight: float = knob(0.5, lo=0.0, hi=100.0)
-    positive: str = "BAD"
-    negative: str = "GOOD"
+    # the worst mistake, optional: a true `negative` item predicted `positive`; the defaults belong to
+    # the default label set and step aside when BAD or GOOD is absent; empty: no worst mistake
+    positive: str = knob("BAD", help="class whose false alarms on `negative` cost most (empty: none)")
+    negative: str = knob("GOOD", help="class that must not be predicted `positive` (binary: the other class)")
     # evaluation + selection
-    selection: str = "bad_recall@good2bad<=0.05"
-    threshold_rate: float = knob(0.05, lo=0.0, hi=1.0)
+    selection: str = knob("auto", help="auto: the worst-mistake operating point when set, else macro_f1")
+    threshold_rate: float = knob(0.05, lo=0.0, hi=1.0, help="max negative->positive rate of the thresholds")
     early_stop: int = knob(5, lo=0, help="epochs without improvement before stopping; 0 = never")
     plateau_patience: int = knob(2, lo=0)
     plateau_factor: float = knob(0.5, lo=0.01, hi=1.0)
@@ -82,8 +84,67 @@ class TrainConfig:
             raise ValueError("faces=true needs at least one face class")
 
 
+def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
+    """``cfg`` checked against the data's label set and resolved: class names spelled as in the data,
+    the worst mistake either a pair of present classes or none, ``selection`` a concrete criterion.
+
+    A default that names an absent class steps aside (positive/negative become empty, the default
+    selection becomes ``auto``); the same setting written by the user is refused with a ConfigError
+    that names the key, the value and the classes present. Runs before Ray starts.
+    """
+    from .metrics import operating_point_criterion, parse_criterion
+
+    user, present = explicit(cfg), list(classes)
+    canon = {c.lower(): c for c in present}
+
+    def refuse(key: str, value, why: str = "names a class that is not in the data") -> None:
+        raise ConfigError(f"{key}={value!r} {why}; classes present: {present}")
+
+    pair = {}
+    for key in ("positive", "negative"):
+        value = getattr(cfg, key).strip()
+        if value and value.lower() not in canon and key in user:
+            refuse(key, value)
+        pair[key] = canon.get(value.lower(), "")
+    pos, neg = pair["positive"], pair["negative"]
+    if not {"positive", "negative"} & user and not (pos and neg):
+        pos = neg = ""  # the default pair is one setting: it applies only when both classes are present
+    if pos and not neg:
+        if len(present) != 2:
+            refuse("positive", pos, "needs negative= (the class whose items must not be predicted "
+                   f"{pos}) when there are more than two classes")
+        neg = next(c for c in present if c != pos)
+    if neg and not pos:
+        if "negative" in user:
+            refuse("negative", neg, "needs positive= (the class it must not be predicted as)")
+        neg = ""
+    if pos and pos == neg:
+        refuse("negative", neg, "must differ from positive")
+    if not pos:
+        for key in ("cost_worst", "threshold_rate"):
+            if key in user:
+                refuse(key, getattr(cfg, key), "applies to the worst mistake, and positive/negative are not set")
+    stray = [c for c in cfg.class_gamma if c.lower() not in canon]
+    if stray:
+        refuse("class_gamma", dict(cfg.class_gamma), f"names {stray}, not in the data")
+    gamma = {canon[c.lower()]: g for c, g in cfg.class_gamma.items()}
+    auto = operating_point_criterion(pos, neg, cfg.threshold_rate) if pos else "macro_f1"
+    selection = cfg.selection.strip()
+    if selection.lower() != "auto":
+        try:
+            _, named = parse_criterion(selection)
+        except ValueError as exc:
+            raise ConfigError(f"selection: {exc}") from None
+        if [c for c in named if c.lower() not in canon]:
+            if "selection" in user:
+                refuse("selection", selection)
+            selection = "auto"
+    return replace(cfg, positive=pos, negative=neg, class_gamma=gamma,
+                   selection=auto if selection.lower() == "auto" else selection)
+
+
 def load_train(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> TrainConfig:
     return load(TrainConfig, path, overrides, default_path=CONFIG_DIR / "train.yaml")
 
 
-__all__ = ["TrainConfig", "load_train", "flat", "state_dir"]
+__all__ = ["TrainConfig", "load_train", "for_classes", "flat", "state_dir"]

@@ -28,6 +28,22 @@ def _example_jpeg(ctx) -> bytes:
     raise RuntimeError("the val split is empty: nothing to calibrate on")
 
 
+def decision_rule(cfg) -> dict:
+    """How the thresholds were chosen, recorded in the artifact beside them."""
+    if cfg.positive:
+        return {"rule": "worst_mistake", "positive": cfg.positive, "negative": cfg.negative,
+                "max_rate": cfg.threshold_rate}
+    return {"rule": "macro_f1"}
+
+
+def binary_point(classes: list[str], thresholds: list[float], positive: str) -> dict[int, float] | None:
+    """A binary task's one threshold as {class index: t} (P(class) >= t), for the PR plot."""
+    if len(classes) != 2:
+        return None
+    i = classes.index(positive) if positive else 0
+    return {i: float(thresholds[i])}
+
+
 def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     cfg, classes = ctx["cfg"], ctx["classes"]
     # the last student/teacher pair scores every item for the review queues (before the best
@@ -62,7 +78,8 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         d = Path(d)
         if cm is not None:
             plots.confusion_plot(cm, classes, d / "confusion_test.png", title="test (calibrated, thresholds)")
-            plots.pr_curves_plot(test_p, test_y, classes, d / "pr_curves_test.png")
+            plots.pr_curves_plot(test_p, test_y, classes, d / "pr_curves_test.png",
+                                 points=binary_point(classes, thresholds, cfg.positive))
             plots.reliability_plot(test_p, test_y, d / "reliability_test.png")
         plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx["run_name"])
         for png in d.glob("*.png"):
@@ -77,7 +94,8 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     art = artifact.save(
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
-        faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout)
+        faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
+        decision=decision_rule(cfg))
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])

@@ -107,15 +107,15 @@ def asymmetric_focal_loss(
     return _reduce(loss, weight, reduction)
 
 
-def default_cost_matrix(classes: Sequence[str], good: str = "GOOD", bad: str = "BAD",
+def default_cost_matrix(classes: Sequence[str], negative: str = "", positive: str = "",
                         worst: float = 5.0) -> Tensor:
     """A (C, C) float32 cost matrix, cost[true, pred]: 0 on the diagonal, 1 off it, and ``worst`` at
-    [good, bad], the one mistake users hate most (a keeper thrown away). Without both ``good`` and
-    ``bad`` in ``classes`` it is all ones off the diagonal."""
+    [negative, positive], the one mistake users hate most (e.g. a GOOD keeper thrown away as BAD).
+    Without both ``negative`` and ``positive`` in ``classes`` it is all ones off the diagonal."""
     num_classes = len(classes)
     cost = torch.ones(num_classes, num_classes) - torch.eye(num_classes)
-    if good in classes and bad in classes:
-        cost[list(classes).index(good), list(classes).index(bad)] = float(worst)
+    if negative in classes and positive in classes:
+        cost[list(classes).index(negative), list(classes).index(positive)] = float(worst)
     return cost
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import torch
 
+from flows.config import ConfigError
 from flows.runtime import init_ray
 
-from .config import load_train, state_dir
+from .config import for_classes, load_train, state_dir
 from .loop import LossSpec
 from .losses import default_cost_matrix
 from .model import load_backbone, resolve_backbone
@@ -27,12 +28,27 @@ def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]]) -> LossSp
     gamma = torch.tensor([cfg.class_gamma.get(c, cfg.gamma_pos) for c in classes]) if cfg.class_gamma else cfg.gamma_pos
     return LossSpec(
         gamma_pos=gamma, gamma_neg=cfg.gamma_neg, eps=cfg.label_smoothing,
-        cost=default_cost_matrix(classes, good=cfg.negative, bad=cfg.positive, worst=cfg.cost_worst),
+        cost=default_cost_matrix(classes, negative=cfg.negative, positive=cfg.positive, worst=cfg.cost_worst),
         cost_weight=cfg.cost_weight,
         priors={classes.index(k): torch.tensor(v, dtype=torch.float32) for k, v in priors.items()},
         mean_teacher=cfg.mean_teacher, consistency=cfg.consistency, consistency_weight=cfg.consistency_weight,
         rampup=cfg.consistency_rampup, confidence_threshold=cfg.confidence_threshold,
         noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay)
+
+
+def read_data_manifest(data: Path) -> dict:
+    """``DATA/manifest.json`` of ``sift preprocess``; ConfigError when it is missing or unreadable."""
+    path = Path(data) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--data {data}: no manifest.json (is it an output folder of `sift preprocess`?)") \
+            from None
+    except ValueError as exc:
+        raise ConfigError(f"--data {data}: manifest.json is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not manifest.get("classes"):
+        raise ConfigError(f"--data {data}: manifest.json names no classes")
+    return manifest
 
 
 def read_truth(path: str, classes: list[str], base: Path) -> dict[str, int]:
@@ -67,10 +83,11 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     from .faces import feature_names
     from .worker import train_loop_per_worker
 
-    init_ray(num_cpus)
     data = Path(data).resolve()
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = read_data_manifest(data)
     classes, priors = manifest["classes"], manifest.get("priors", {})
+    cfg = for_classes(cfg, classes)  # the label set's checks, before Ray starts
+    init_ray(num_cpus)
     home = state_dir()
     backbone_dir = resolve_backbone(cfg.backbone, home)
     _, preproc = load_backbone(backbone_dir)

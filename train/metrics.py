@@ -4,10 +4,11 @@ Conventions: ``probs`` (N, C) float, rows sum to 1; ``y`` (N,) int true labels i
 int predicted labels; ``classes`` the C class names; ``cm`` a (C, C) confusion matrix, rows = true,
 columns = predicted.
 
-The costly mistake is a true GOOD item predicted BAD (the user loses good content), so the key
-operating point is "BAD recall at GOOD->BAD rate <= x": flag an item when its score is >= t, and keep
-the t that flags the most true-BAD items while flagging at most a fraction x of the true-GOOD ones.
-The class names are parameters (``positive``, ``negative``), so any label set works.
+With a worst mistake (a true ``negative`` item predicted ``positive``; for the default label set a
+GOOD item predicted BAD: the user loses good content), the key operating point is "positive recall
+at negative->positive rate <= x": flag an item when its score is >= t, and keep the t that flags the
+most true positives while flagging at most a fraction x of the true negatives. The class names are
+parameters, and the worst mistake is optional, so any label set works.
 """
 from __future__ import annotations
 
@@ -189,13 +190,13 @@ def operating_point_key(positive: str, negative: str, rate: float) -> str:
     return f"{pos}_recall_at_{neg}2{pos}_le_{rate_tag(rate)}"
 
 
-def evaluate(probs, y, classes: Sequence[str], *, positive: str = "BAD", negative: str = "GOOD",
+def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
              rates: Sequence[float] = (0.01, 0.02, 0.05), thresholds: Sequence[float] | None = None) -> dict:
     """Flat dict of float metrics for mlflow.log_metrics, plus "confusion" (C x C nested list of ints).
 
     Predictions are argmax, or ``predict_with_thresholds`` when thresholds are given. Keys (class names
-    passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> for each
-    class and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
+    passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> and
+    ap_<C> (one-vs-rest average precision of P(C), independent of the predictions) for each class and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
     these predictions) and <pos>_recall_at_<neg>2<pos>_le_<pct> per rate (the best recall of a sweep
     on P(positive), independent of the predictions). NaN where undefined (no items of a class).
     """
@@ -212,7 +213,7 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "BAD", negativ
     for i, c in enumerate(classes):
         name = metric_name(c)
         out.update({f"precision_{name}": float(p[i]), f"recall_{name}": float(r[i]),
-                    f"f1_{name}": float(f[i])})
+                    f"f1_{name}": float(f[i]), f"ap_{name}": average_precision(probs[:, i], y == i)})
     if positive in classes and negative in classes:
         pi, ni = list(classes).index(positive), list(classes).index(negative)
         n_neg = cm[ni].sum()
@@ -238,19 +239,19 @@ def _lookup(metrics: dict, key: str, criterion: str) -> float:
     return -math.inf if math.isnan(value) else value
 
 
-def selection_score(metrics: dict, criterion: str) -> float:
-    """The value of ``metrics`` (from ``evaluate``) named by ``criterion``; higher is always better.
+def parse_criterion(criterion: str) -> tuple[str, tuple[str, ...]]:
+    """A selection criterion -> (the ``evaluate`` key it reads, the class names it names).
 
     Forms (class names case-insensitive): 'accuracy', 'macro_f1', 'precision:GOOD' (also recall:, f1:),
-    'bad_recall@good2bad<=0.05' -> metrics['BAD_recall_at_GOOD2BAD_le_5']. NaN is returned as -inf so
-    that an undefined run never wins a max(). ValueError for an unknown form or a missing metric.
+    'bad_recall@good2bad<=0.05' -> ('BAD_recall_at_GOOD2BAD_le_5' spelled as written, ('bad', 'good')).
+    ValueError for an unknown form.
     """
     crit = criterion.strip()
     if crit.lower() in ("accuracy", "macro_f1"):
-        return _lookup(metrics, crit.lower(), criterion)
+        return crit.lower(), ()
     m = re.fullmatch(r"(precision|recall|f1)\s*:\s*(\S.*)", crit, flags=re.IGNORECASE)
     if m:
-        return _lookup(metrics, f"{m[1].lower()}_{metric_name(m[2].strip())}", criterion)
+        return f"{m[1].lower()}_{metric_name(m[2].strip())}", (m[2].strip(),)
     m = re.fullmatch(r"(.+?)_recall@(.+)<=\s*([0-9.eE+-]+)", crit, flags=re.IGNORECASE)
     if m:
         pos, neg2pos = m[1].strip(), m[2].strip()
@@ -260,6 +261,20 @@ def selection_score(metrics: dict, criterion: str) -> float:
                 rate = float(m[3])
             except ValueError:
                 rate = None
-            if rate is not None:
-                return _lookup(metrics, operating_point_key(pos, neg, rate), criterion)
+            if rate is not None and 0.0 <= rate <= 1.0:
+                return operating_point_key(pos, neg, rate), (pos, neg)
     raise ValueError(f"unknown selection criterion {criterion!r}; {_CRITERIA_HELP}")
+
+
+def operating_point_criterion(positive: str, negative: str, rate: float) -> str:
+    """The selection criterion of the worst-mistake operating point, e.g. 'BAD_recall@GOOD2BAD<=0.05'."""
+    return f"{positive}_recall@{negative}2{positive}<={rate:g}"
+
+
+def selection_score(metrics: dict, criterion: str) -> float:
+    """The value of ``metrics`` (from ``evaluate``) named by ``criterion``; higher is always better.
+
+    Forms as in :func:`parse_criterion`. NaN is returned as -inf so that an undefined run never wins a
+    max(). ValueError for an unknown form or a missing metric.
+    """
+    return _lookup(metrics, parse_criterion(criterion)[0], criterion)

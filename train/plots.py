@@ -56,8 +56,13 @@ def confusion_plot(cm, classes: Sequence[str], path=None, title: str = "") -> Fi
     return _finish(fig, path)
 
 
-def pr_curves_plot(probs, y, classes: Sequence[str], path=None, title: str = "") -> Figure:
-    """One-vs-rest precision-recall curve of each class (score = P(class)), AP in the legend."""
+def pr_curves_plot(probs, y, classes: Sequence[str], path=None, title: str = "",
+                   points: dict[int, float] | None = None) -> Figure:
+    """One-vs-rest precision-recall curve of each class (score = P(class)), AP in the legend.
+
+    ``points`` {class index: threshold t} marks the operating point "P(class) >= t" on that curve
+    (a binary task's one threshold).
+    """
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y).ravel()
     fig = Figure(figsize=(6.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
@@ -67,8 +72,13 @@ def pr_curves_plot(probs, y, classes: Sequence[str], path=None, title: str = "")
             ax.plot([], [], label=f"{name} (no items)")
             continue
         ap = average_precision(probs[:, c], y == c)
-        ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="post",
-                label=f"{name} (AP {ap:.3f}, n={int((y == c).sum())})")
+        line, = ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="post",
+                        label=f"{name} (AP {ap:.3f}, n={int((y == c).sum())})")
+        if points and c in points:
+            flagged, is_c = probs[:, c] >= points[c], y == c
+            tp = float((flagged & is_c).sum())
+            ax.plot([tp / is_c.sum()], [tp / flagged.sum() if flagged.any() else 1.0], "o",
+                    color=line.get_color(), ms=8, label=f"{name} >= {points[c]:.3f} (the threshold)")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("recall")

@@ -1,7 +1,9 @@
 """``sift promote RUN_ID [--force]``: move ``@champion`` to a run's model if it beats the champion.
 
-The comparison is on ``val_selection``, the model-selection metric the run was trained for
-(default: BAD recall at GOOD->BAD <= 5% on val). ``--force`` promotes regardless.
+The comparison is on ``val_selection``, the model-selection metric the run was trained for (the
+worst-mistake operating point, e.g. BAD recall at GOOD->BAD <= 5% on val, or macro-F1). Runs of another
+label set or selection criterion do not compare and are not promoted over the champion. ``--force``
+promotes regardless.
 """
 from __future__ import annotations
 

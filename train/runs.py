@@ -10,17 +10,33 @@ from pathlib import Path
 import pandas as pd
 
 from .config import load_train, state_dir
+from .metrics import metric_name
 from .tracking import SELECTION, use
 
-KEY_METRICS = [SELECTION, "test_BAD_recall_at_GOOD2BAD_le_5", "test_BAD_recall_at_GOOD2BAD_le_1",
-               "test_macro_f1", "test_accuracy", "test_ece"]
+SUMMARY_METRICS = ["test_macro_f1", "test_accuracy", "test_ece"]
+
+
+def key_metrics(runs: pd.DataFrame) -> list[str]:
+    """The metrics worth a column for these runs, whatever their label sets: the selection score,
+    each worst-mistake operating point logged, macro-F1 / accuracy / ECE, then F1 of every class
+    of every run (in the order the runs name them)."""
+    logged = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
+    points = sorted(m for m in logged if m.startswith("test_") and "_recall_at_" in m)
+    classes: list[str] = []
+    for names in runs.get("params.classes_list", pd.Series(dtype=str)).dropna():
+        classes += [c for c in str(names).split(",") if c and c not in classes]
+    per_class = [f"test_f1_{metric_name(c)}" for c in classes]
+    return [m for m in [SELECTION, *points, *SUMMARY_METRICS, *per_class] if m in logged]
 
 
 def compare(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Runs (as from ``mlflow.search_runs``) -> one row per run: name, metrics, differing params."""
+    """Runs (as from ``mlflow.search_runs``) -> one row per run: name, classes, selection criterion,
+    metrics, differing params."""
     params = [c for c in runs.columns if c.startswith("params.")]
-    differing = [c for c in params if runs[c].astype(str).nunique(dropna=False) > 1]
+    always = ["params.classes_list", "params.selection"]
+    differing = [c for c in params if c not in always and runs[c].astype(str).nunique(dropna=False) > 1]
     cols = {"tags.mlflow.runName": "run", "run_id": "run_id"}
+    cols.update({c: c[len("params."):].replace("_list", "") for c in always if c in runs.columns})
     cols.update({f"metrics.{m}": m for m in metrics if f"metrics.{m}" in runs.columns})
     cols.update({c: c[len("params."):] for c in differing})
     table = runs[list(cols)].rename(columns=cols)
@@ -46,7 +62,7 @@ def main(argv=None) -> int:
     if runs.empty:
         print("no runs yet: sift train --data …")
         return 1
-    metrics = args.metric or KEY_METRICS
+    metrics = args.metric or key_metrics(runs)
     table = compare(runs, metrics)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))

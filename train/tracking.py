@@ -103,7 +103,14 @@ def promote(run_id: str, model_name: str, force: bool = False, uri: str | None =
     if champ is not None and champ.version == mv.version:
         return False, f"version {mv.version} is already the champion"
     if champ is not None and not force:
-        best = client.get_run(champ.run_id).data.metrics.get(SELECTION, float("nan"))
+        mine, theirs = client.get_run(run_id).data, client.get_run(champ.run_id).data
+        for key, what in (("classes_list", "label set"), ("selection", "selection criterion")):
+            a, b = mine.params.get(key), theirs.params.get(key)
+            if a != b:
+                return False, (f"not promoted: its {what} ({a}) differs from champion v{champ.version}'s "
+                               f"({b}), so {SELECTION} does not compare; use --force to promote anyway, "
+                               "or train under another model_name=")
+        best = theirs.metrics.get(SELECTION, float("nan"))
         if not score > best:
             return False, (f"not promoted: {SELECTION} {score:.4f} does not beat champion v{champ.version} "
                            f"({best:.4f}); use --force to promote anyway")

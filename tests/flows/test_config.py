@@ -1,14 +1,32 @@
 import pytest
 
-from flows.config import ConfigError, PreprocessConfig, build, flat, load_preprocess, parse_overrides
+import dataclasses
+
+from flows.config import ConfigError, PreprocessConfig, build, explicit, flat, load_preprocess, parse_overrides, \
+    replace
 
 
 def test_defaults_load_from_yaml_beside_the_package():
     cfg = load_preprocess()
-    assert cfg.classes == ("BAD", "NEUTRAL", "GOOD")
+    assert cfg.classes == ()  # the data says
     assert cfg.noisy_pools["NEUTRAL"]["BAD"] == pytest.approx(0.30)
+    cfg = load_preprocess(None, ["classes=[BAD, NEUTRAL, GOOD]"])
     assert cfg.prior("NEUTRAL") == pytest.approx([0.30, 0.65, 0.05])
     assert cfg.prior("GOOD") == [0.0, 0.0, 1.0]
+
+
+def test_the_yaml_and_the_dataclass_agree_on_every_default():
+    from_yaml, bare = load_preprocess(), PreprocessConfig()
+    assert dataclasses.asdict(from_yaml) == dataclasses.asdict(bare)
+
+
+def test_explicit_names_only_what_the_user_wrote(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("short_edge: 336\n")
+    cfg = load_preprocess(f, ["max_actors=3"])
+    assert explicit(cfg) == {"short_edge", "max_actors"}
+    assert explicit(load_preprocess()) == set()
+    assert explicit(replace(cfg, min_actors=2)) == {"short_edge", "max_actors"}  # carried over
 
 
 def test_overrides_are_parsed_as_yaml_and_typed():
@@ -27,8 +45,8 @@ def test_unknown_key_is_rejected_with_the_known_keys():
     ("max_actors=0", "below the minimum"),
     ("min_quality=95", "min_quality must be <= max_quality"),
     ("noisy_pools={NEUTRAL: {BAD: 0.5}}", "sum to 1"),
-    ("noisy_pools={OTHER: {BAD: 1.0}}", "not one of classes"),
     ("classes=[A, unlabeled]", "reserved"),
+    ("classes=[A, a]", "unique"),
     ("val_frac=0.9", "val_frac \\+ test_frac"),
 ])
 def test_ranges_and_cross_field_checks(pair, msg):
@@ -43,7 +61,7 @@ def test_malformed_override():
 
 
 def test_config_is_frozen_and_flat_for_mlflow():
-    cfg = load_preprocess()
+    cfg = load_preprocess(None, ["classes=[BAD, NEUTRAL, GOOD]"])
     with pytest.raises(Exception):
         cfg.short_edge = 1
     f = flat(cfg)

@@ -21,7 +21,7 @@ from flows.ingest import discover
 from flows.process import STAGING_SCHEMA, process_batch
 from flows.schema import REJECT_REASONS
 
-CFG = load_preprocess(None, ["span_fps=2", "video_keyframes=3", "short_edge=64"])
+CFG = load_preprocess(None, ["span_fps=2", "video_keyframes=3", "short_edge=64", "classes=[BAD, NEUTRAL, GOOD]"])
 
 
 def _span(start, end, label=0, name="BAD", where="m.jsonl:1"):

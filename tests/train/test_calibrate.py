@@ -67,7 +67,7 @@ def test_apply_temperature_rejects_non_positive():
 @pytest.mark.parametrize("max_rate", [0.0, 0.01, 0.05, 0.2])
 def test_chosen_thresholds_respect_rate_on_validation(seed, max_rate):
     probs, y = _val_set(seed=seed)
-    t = choose_thresholds(probs, y, CLASSES, max_rate=max_rate)
+    t = choose_thresholds(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=max_rate)
     assert len(t) == 3 and all(0 < v <= 1 for v in t)
     pred = predict_with_thresholds(probs, t)
     assert np.mean(pred[y == GOOD] == BAD) <= max_rate
@@ -84,7 +84,7 @@ def test_chosen_thresholds_with_ties_and_two_classes():
     p_bad = np.round(np.clip(rng.normal(0.4 + 0.2 * (y == 0), 0.2), 0, 0.99), 2)
     probs = np.stack([p_bad, 1 - p_bad], 1)
     for max_rate in (0.0, 0.02, 0.1):
-        t = choose_thresholds(probs, y, ["BAD", "GOOD"], max_rate=max_rate)
+        t = choose_thresholds(probs, y, ["BAD", "GOOD"], positive="BAD", negative="GOOD", max_rate=max_rate)
         pred = predict_with_thresholds(probs, t)
         assert np.mean(pred[y == 1] == 0) <= max_rate
         # with two classes the positive threshold is a plain probability threshold
@@ -108,12 +108,57 @@ def test_chosen_thresholds_custom_names_and_five_classes():
 def test_chosen_thresholds_degenerate_inputs():
     probs, y = _val_set()
     y[y == GOOD] = NEUTRAL  # no negative item: plain argmax
-    t = choose_thresholds(probs, y, CLASSES)
+    t = choose_thresholds(probs, y, CLASSES, positive="BAD", negative="GOOD")
     assert np.array_equal(predict_with_thresholds(probs, t), probs.argmax(1))
     with pytest.raises(ValueError, match="GOOD"):
-        choose_thresholds(probs, y, ["BAD", "NEUTRAL", "OK"])
+        choose_thresholds(probs, y, ["BAD", "NEUTRAL", "OK"], positive="BAD", negative="GOOD")
     # a negative item that the model is certain is positive and the rate 0: nothing may be flagged
     probs = np.array([[0.9, 0.05, 0.05], [0.99, 0.005, 0.005], [0.2, 0.2, 0.6]])
-    t = choose_thresholds(probs, np.array([BAD, GOOD, GOOD]), CLASSES, max_rate=0.0)
+    t = choose_thresholds(probs, np.array([BAD, GOOD, GOOD]), CLASSES, positive="BAD", negative="GOOD",
+                          max_rate=0.0)
     assert all(0 < v <= 1 for v in t)
     assert not np.any(predict_with_thresholds(probs, t) == BAD)
+
+
+# --- thresholds without a worst mistake: validation macro-F1 -----------------------------------------
+
+def _macro_f1(probs, y, t):
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, predict_with_thresholds(probs, t), average="macro", labels=range(probs.shape[1]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_binary_macro_f1_threshold_is_the_best_cut_and_one_threshold(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(600) < 0.2).astype(int)  # imbalanced: argmax is not the best cut
+    p0 = np.clip(rng.normal(0.35 + 0.3 * (y == 0), 0.18), 0, 1)
+    probs = np.stack([p0, 1 - p0], 1)
+    t = choose_thresholds(probs, y, ["indoor", "outdoor"])  # no positive: the macro-F1 rule
+    assert t[0] + t[1] == pytest.approx(1.0) and 0 < t[0] < 1
+    pred = predict_with_thresholds(probs, t)
+    assert np.array_equal(pred == 0, p0 >= t[0])  # one threshold on P(class 0)
+    cuts = np.clip(np.r_[np.unique(p0), 1.0], 1e-9, 1 - 1e-9)
+    best = max(_macro_f1(probs, y, [c, 1 - c]) for c in cuts)  # every cut, brute force
+    assert _macro_f1(probs, y, t) == pytest.approx(best)
+    assert _macro_f1(probs, y, t) >= _macro_f1(probs, y, [0.5, 0.5])
+
+
+def test_binary_macro_f1_threshold_prefers_plain_argmax_on_a_plateau():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9]])
+    t = choose_thresholds(probs, np.array([0, 0, 1, 1]), ["a", "b"])
+    assert t == pytest.approx([0.5, 0.5])  # every cut in (0.2, 0.8] is perfect: 0.5 is the middle
+
+
+def test_multiclass_macro_f1_thresholds_never_lose_to_argmax_and_sum_to_one():
+    rng = np.random.default_rng(5)
+    y = rng.choice(4, 1500, p=[0.55, 0.25, 0.15, 0.05])
+    logits = rng.normal(size=(1500, 4)) + 1.0 * np.eye(4)[y]
+    probs = apply_temperature(logits, 1.0)
+    t = choose_thresholds(probs, y, ["attic", "beach", "forest", "kitchen"])
+    assert len(t) == 4 and sum(t) == pytest.approx(1.0) and all(v > 0 for v in t)
+    assert _macro_f1(probs, y, t) > _macro_f1(probs, y, [0.25] * 4) + 0.01  # the rare classes gain
+    # a validation set that cannot tell thresholds apart leaves plain argmax
+    perfect = np.eye(4)[y] * 0.7 + 0.075
+    assert choose_thresholds(perfect, y, list("abcd")) == pytest.approx([0.25] * 4)
+    assert choose_thresholds(np.zeros((0, 4)), np.zeros(0), list("abcd")) == [0.25] * 4

@@ -105,7 +105,7 @@ def test_bad_per_class_gamma_shape_raises():
 # --- expected cost ---------------------------------------------------------------------------------
 
 def test_default_cost_matrix_puts_worst_at_good_predicted_bad():
-    cost = default_cost_matrix(CLASSES, worst=5.0)
+    cost = default_cost_matrix(CLASSES, negative="GOOD", positive="BAD", worst=5.0)
     expected = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [5.0, 1.0, 0.0]])
     assert torch.equal(cost, expected)
 
@@ -117,14 +117,14 @@ def test_default_cost_matrix_without_good_and_bad_is_all_ones_off_diagonal():
 
 
 def test_expected_cost_is_zero_for_a_perfect_confident_prediction():
-    cost = default_cost_matrix(CLASSES)
+    cost = default_cost_matrix(CLASSES, negative="GOOD", positive="BAD")
     target = torch.tensor([BAD, NEUTRAL, GOOD])
     logits = F.one_hot(target, 3).float() * 100.0
     assert expected_cost(logits, target, cost).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_good_predicted_bad_costs_worst_times_good_predicted_neutral():
-    cost = default_cost_matrix(CLASSES, worst=5.0)
+    cost = default_cost_matrix(CLASSES, negative="GOOD", positive="BAD", worst=5.0)
     target = torch.tensor([GOOD, GOOD])
     logits = F.one_hot(torch.tensor([BAD, NEUTRAL]), 3).float() * 100.0
     per_item = expected_cost(logits, target, cost, reduction="none")
@@ -133,7 +133,7 @@ def test_good_predicted_bad_costs_worst_times_good_predicted_neutral():
 
 def test_classification_loss_adds_weighted_cost():
     logits, target = _batch()
-    cost = default_cost_matrix(CLASSES)
+    cost = default_cost_matrix(CLASSES, negative="GOOD", positive="BAD")
     w = torch.rand(8, generator=torch.Generator().manual_seed(1))
     total = classification_loss(logits, target, gamma_pos=1.0, gamma_neg=4.0, cost=cost, cost_weight=0.5,
                                 eps=0.1, weight=w)
@@ -152,7 +152,7 @@ def test_classification_loss_trains_a_linear_model():
         model.weight.copy_(torch.randn(3, 10, generator=g) * 0.01)
         model.bias.zero_()
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    cost = default_cost_matrix(CLASSES)
+    cost = default_cost_matrix(CLASSES, negative="GOOD", positive="BAD")
     kw = dict(gamma_pos=1.0, gamma_neg=4.0, cost=cost, cost_weight=0.5, eps=0.05)
     first = classification_loss(model(x), target, **kw).item()
     for _ in range(30):

@@ -182,11 +182,11 @@ def test_thresholds_validated():
 
 def test_evaluate_keys_values_and_mlflow_names():
     probs, y = _random(seed=2)
-    m = evaluate(probs, y, CLASSES)
+    m = evaluate(probs, y, CLASSES, positive="BAD", negative="GOOD")
     cm = np.array(m.pop("confusion"))
     assert cm.sum() == len(y)
     expected = {"accuracy", "macro_f1", "ece", "GOOD2BAD_rate"}
-    expected |= {f"{k}_{c}" for k in ("precision", "recall", "f1") for c in CLASSES}
+    expected |= {f"{k}_{c}" for k in ("precision", "recall", "f1", "ap") for c in CLASSES}
     expected |= {f"BAD_recall_at_GOOD2BAD_le_{p}" for p in (1, 2, 5)}
     assert set(m) == expected
     assert all(isinstance(v, float) for v in m.values())
@@ -206,7 +206,7 @@ def test_evaluate_custom_labels_and_fractional_rates():
 
 def test_evaluate_uses_thresholds_for_predictions():
     probs, y = _random(seed=5)
-    m = evaluate(probs, y, CLASSES, thresholds=[0.9, 0.1, 0.1])
+    m = evaluate(probs, y, CLASSES, positive="BAD", negative="GOOD", thresholds=[0.9, 0.1, 0.1])
     pred = predict_with_thresholds(probs, [0.9, 0.1, 0.1])
     assert m["confusion"] == confusion(y, pred, 3).tolist()
     assert m["GOOD2BAD_rate"] == pytest.approx(np.mean(pred[y == GOOD] == BAD))
