@@ -90,6 +90,7 @@ def build_manifest(meta: pd.DataFrame, keep: dict, rejects: pd.DataFrame, dups: 
         "inputs": int(n_inputs),  # work items: a video with span lines is one
         "entries": int(n_entries),  # files and manifest lines read
         "rows": int(len(kept)),
+        "scored": int(kept["score"].notna().sum()) if "score" in kept else 0,  # rows with a score target
         "by_class": _counts(kept["label_name"]),
         "by_split": _counts(kept["split"]),
         "by_kind": _counts(kept["kind"]),

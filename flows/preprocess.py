@@ -39,7 +39,7 @@ from .spans import count_entries
 # 2000 rows (~95 MB of images): the driver's peak grew 433 -> 885 MiB from 1000 to 4000 images.
 STAGING_ROWS = 256
 
-META_COLUMNS = ["id", "group_id", "kind", "label", "label_name", "pool", "source", "path",
+META_COLUMNS = ["id", "group_id", "kind", "label", "label_name", "pool", "score", "source", "path",
                 "sha256", "phash", "reject_reason", "reject_detail", "worker", "t_start", "t_end"]
 
 

@@ -54,7 +54,8 @@ class Api:
     # -- the shared path: bytes -> preprocess -> batched model ----------------------------------
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
-        res = ApiError.raise_for(await self.pre.classify.remote(data, info["short_edge"], tiles, agg))
+        edge = info["tile_edge"] if tiles == 5 else info["short_edge"]  # tiles crop a larger decode
+        res = ApiError.raise_for(await self.pre.classify.remote(data, edge, tiles, agg))
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
 

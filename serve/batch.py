@@ -98,6 +98,9 @@ def prepare_batch(table: pa.Table, source: str, limits: Limits | None, short_edg
     return out
 
 
+SCORE = "predicted_score"  # the score head's column ("score" is the manifest's target, or a scene score)
+
+
 def prob_columns(probs: np.ndarray, ok: np.ndarray, classes: list[str], thresholds: np.ndarray
                  ) -> dict[str, pa.Array]:
     """(M, C) probabilities of the M ``ok`` rows (of N) -> N-long columns: ``prob_<class>`` (NaN
@@ -129,33 +132,41 @@ class Scorer:
         self.model = SiftModel(model_dir)
         self.source, self.limits, self.tiles = source, limits, tiles
 
-    def _probs(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def _outputs(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (M, C), predicted score (M,), NaN without a score head)."""
         from PIL import Image
 
-        logits = self.model.logits([Image.fromarray(a) for a in arrays], tiles=self.tiles)
-        return self.model.probs(logits)
+        logits, score = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=self.tiles)
+        return self.model.probs(logits), score if score is not None else np.full(len(logits), np.nan)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        prep = prepare_batch(table, self.source, self.limits, self.model.short_edge)
+        prep = prepare_batch(table, self.source, self.limits, self.model.input_edge(self.tiles))
         ok = prep.ok
         arrays = [a for a in prep.arrays if a is not None]
+        C = len(self.model.classes)
         try:
-            probs = self._probs(arrays) if arrays else np.zeros((0, len(self.model.classes)))
+            probs, scores = self._outputs(arrays) if arrays else (np.zeros((0, C)), np.zeros(0))
         except Exception:  # find the culprit: score one by one, mark only the ones that fail
-            probs, idx = [], np.flatnonzero(ok)
+            rows, idx = [], np.flatnonzero(ok)
             for i, a in zip(idx, arrays):
                 try:
-                    probs.append(self._probs([a])[0])
+                    p, s = self._outputs([a])
+                    rows.append((p[0], s[0]))
                 except Exception as exc:
                     ok[i] = False
                     prep.error[i], prep.detail[i] = "internal_error", f"{type(exc).__name__}: {exc}"[:300]
-            probs = np.array(probs).reshape(-1, len(self.model.classes))
+            probs = np.array([p for p, _ in rows]).reshape(-1, C)
+            scores = np.array([s for _, s in rows], dtype=np.float64)
         out = table.drop_columns([c for c in (*PIXELS, "error", "detail", "label")
                                   if c in table.column_names])
         if self.source == ENCODED and "id" not in out.column_names:
             out = out.append_column("id", pa.array(prep.sha256, pa.string()))
         for name, column in prob_columns(probs, ok, self.model.classes, self.model.thresholds).items():
             out = out.append_column(name, column)
+        if self.model.score_range is not None:  # the score head's output, in the targets' units
+            full = np.full(len(ok), np.nan)
+            full[ok] = scores
+            out = out.append_column(SCORE, pa.array(full, pa.float64()))
         out = out.append_column("error", pa.array(prep.error, pa.string()))
         return out.append_column("detail", pa.array(prep.detail, pa.string()))
 

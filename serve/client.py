@@ -1,7 +1,7 @@
 """Clients: ``sift classify`` and ``sift score-folder``, against a server or a local model.
 
     sift classify photo.jpg clips/ [--server http://127.0.0.1:8000] [--json] [--tiles 5]
-    sift score-folder DIR --label BAD --min 0.6 [--max 1.0] [--copy-to OUT] [--server URL]
+    sift score-folder DIR (--label CLASS | --score) --min 0.6 [--max 1.0] [--copy-to OUT] [--server URL]
 
 Without ``--server`` the model runs in this process (``--model``: an artifact dir or
 ``models:/sift-classifier@champion``), through the same Predictor the server uses.
@@ -73,7 +73,7 @@ class Local:
         try:
             if path.suffix.lower() in VIDEO_EXTS:
                 return self._video(path)
-            arr = prepare_image(data, self.limits, self.predictor.model.short_edge)
+            arr = prepare_image(data, self.limits, self.predictor.model.input_edge(tiles))
         except ApiError as exc:
             return {"status": exc.status, **exc.body()}
         return self.predictor.classify([arr], tiles=tiles)[0]
@@ -94,8 +94,10 @@ class Local:
             return {"status": 422, "error": {"code": exc.reason, "message": exc.detail}}
         res = self.predictor.classify([f.image for f in frames])
         probs = np.array([[r["probs"][c] for c in self.predictor.classes] for r in res])
+        scores = [r["score"] for r in res] if res and "score" in res[0] else None
         return self.predictor.video_summary([f.timestamp for f in frames], [f.kind for f in frames], probs,
-                                            duration, how=self.cfg.video_aggregate, window=self.cfg.video_smooth)
+                                            duration, how=self.cfg.video_aggregate, window=self.cfg.video_smooth,
+                                            scores=scores)
 
 
 def backend(args) -> Remote | Local:
@@ -129,16 +131,21 @@ def classify_main(argv=None) -> int:
             print(f"{str(f):60s} ERROR {r.get('status', '')} {r['error']['code']}: {r['error']['message']}")
         else:
             probs = "  ".join(f"{c}={p:.2f}" for c, p in r["probs"].items())
-            extra = f"  ({len(r['segments'])} segments)" if "segments" in r else ""
+            extra = f"  score={r['score']:.3f}" if "score" in r else ""
+            extra += f"  ({len(r['segments'])} segments)" if "segments" in r else ""
             print(f"{str(f):60s} {r['label']:10s} {probs}{extra}", flush=True)
     return 1 if failed == len(files) and files else 0
 
 
 def score_folder_main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift score-folder",
-                                 description="Score a folder, sort by a class's probability, copy those in range.")
+                                 description="Score a folder, sort by a class's probability (or the model's "
+                                             "trained score), copy those in range.")
     ap.add_argument("folder")
-    ap.add_argument("--label", required=True, help="the class whose probability is the score")
+    by = ap.add_mutually_exclusive_group(required=True)
+    by.add_argument("--label", help="the class whose probability is the score")
+    by.add_argument("--score", action="store_true", help="the score head's output (a model trained with "
+                                                         "score_head=true), in the training targets' units")
     ap.add_argument("--min", type=float, default=0.5, dest="lo")
     ap.add_argument("--max", type=float, default=1.0, dest="hi")
     ap.add_argument("--copy-to", help="copy matching files here (folder structure kept)")
@@ -151,9 +158,11 @@ def score_folder_main(argv=None) -> int:
         if "error" in r:
             print(f"skip {f}: {r['error']['code']}", file=sys.stderr)
             continue
-        if args.label not in r["probs"]:
+        if args.score and "score" not in r:
+            raise SystemExit("--score: the model has no score head (train it with score_head=true)")
+        if args.label and args.label not in r["probs"]:
             raise SystemExit(f"--label {args.label!r} is not one of the model's classes {list(r['probs'])}")
-        scored.append((r["probs"][args.label], f))
+        scored.append((r["score"] if args.score else r["probs"][args.label], f))
     scored.sort(key=lambda t: -t[0])
     picked = [(s, f) for s, f in scored if args.lo <= s <= args.hi]
     for s, f in scored:
@@ -163,6 +172,7 @@ def score_folder_main(argv=None) -> int:
             dst = Path(args.copy_to) / f.relative_to(root)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dst)
-    print(f"{len(picked)} of {len(scored)} files with {args.label} in [{args.lo}, {args.hi}]"
+    print(f"{len(picked)} of {len(scored)} files with {'score' if args.score else args.label} in "
+          f"[{args.lo}, {args.hi}]"
           + (f" copied to {args.copy_to}" if args.copy_to else ""))
     return 0

@@ -123,7 +123,7 @@ class Model:
     def info(self) -> dict:
         p = self.predictor
         return {"model": p.name, "version": p.version, "classes": p.classes,
-                "short_edge": p.model.short_edge, "uri": self.uri}
+                "short_edge": p.model.short_edge, "tile_edge": p.model.tile_edge, "uri": self.uri}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def infer(self, requests: list[tuple]) -> list[dict]:
@@ -151,4 +151,5 @@ class Model:
         res = await asyncio.gather(*[self.infer((f, 1, "mean")) for f in frames])
         p = self.predictor
         probs = np.array([[r["probs"][c] for c in p.classes] for r in res])
-        return p.video_summary(times, kinds, probs, duration, how=how, window=window)
+        scores = [r["score"] for r in res] if res and "score" in res[0] else None
+        return p.video_summary(times, kinds, probs, duration, how=how, window=window, scores=scores)

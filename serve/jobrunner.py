@@ -60,8 +60,9 @@ class JobRunner:
         data = base64.b64decode(item["image_b64"])
         try:
             info = self.api._info or self.api.model.info.remote().result()
-            res = self.api.pre.classify.remote(data, info["short_edge"], options.get("tiles", 1),
-                                               options.get("tile_agg", "mean")).result()
+            tiles = options.get("tiles", 1)
+            edge = info["tile_edge"] if tiles == 5 else info["short_edge"]
+            res = self.api.pre.classify.remote(data, edge, tiles, options.get("tile_agg", "mean")).result()
             if "error" in res:
                 return {"name": item["name"], "status": res["status"], "error": res["error"]}
             return {"name": item["name"], **res}

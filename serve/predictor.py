@@ -15,7 +15,7 @@ from PIL import Image
 from flows.images import open_image, resize_short
 from flows.validate import Reject, check
 from train.artifact import META, SiftModel
-from train.timeline import aggregate, segments, smooth
+from train.timeline import aggregate, segments, smooth, video_label
 
 # reject reason -> HTTP status: 413 too big, 415 not a supported medium, 422 undecodable, 400 else
 STATUS = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "video_too_long": 413, "video_too_big": 413,
@@ -135,24 +135,31 @@ class Predictor:
         self.classes = self.model.classes
 
     def classify(self, arrays: list[np.ndarray], tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
-        """Prepared images -> per item {label, probs, thresholds, model, version}."""
+        """Prepared images -> per item {label, probs, thresholds, model, version} (+ score with a
+        score head)."""
         t0 = time.perf_counter()
-        logits = self.model.logits([Image.fromarray(a) for a in arrays], tiles=tiles, tile_agg=tile_agg)
+        logits, score = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=tiles, tile_agg=tile_agg)
         probs = self.model.probs(logits)
-        return self.format(probs, latency_ms=(time.perf_counter() - t0) * 1000)
+        return self.format(probs, latency_ms=(time.perf_counter() - t0) * 1000, scores=score)
 
-    def format(self, probs: np.ndarray, latency_ms: float = 0.0) -> list[dict]:
+    def format(self, probs: np.ndarray, latency_ms: float = 0.0, scores: np.ndarray | None = None) -> list[dict]:
         from train.metrics import predict_with_thresholds
 
         pred = predict_with_thresholds(probs, self.model.thresholds) if len(probs) else []
         thresholds = dict(zip(self.classes, map(float, self.model.thresholds)))
-        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
-                 "thresholds": thresholds, "model": self.name, "version": self.version,
-                 "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
+        out = [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
+                "thresholds": thresholds, "model": self.name, "version": self.version,
+                "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
+        for o, s in zip(out, scores if scores is not None else []):
+            o["score"] = float(s)
+        return out
 
     def video_summary(self, times: list[float], kinds: list[str], probs: np.ndarray, duration: float,
-                      how: str = "max", window: int = 3) -> dict:
-        """Frame probabilities -> per-frame scores, a smoothed timeline and a video-level label."""
+                      how: str = "max", window: int = 3, scores: list[float] | None = None) -> dict:
+        """Frame probabilities -> per-frame scores, a smoothed timeline and a video-level label.
+
+        With a score head, ``scores`` (one per frame) come back per frame and as the video's
+        ``score``, aggregated like the probabilities (max, mean or top-k mean)."""
         order = np.argsort(times, kind="stable")
         t = np.asarray(times, dtype=float)[order]
         p = probs[order]
@@ -160,11 +167,17 @@ class Predictor:
         from train.metrics import predict_with_thresholds
 
         labels = predict_with_thresholds(sm, self.model.thresholds)
-        video = aggregate(p, how)
+        video = aggregate(sm if how == "max" else p, how)
         video = video / video.sum()
-        vlabel = int(predict_with_thresholds(video[None], self.model.thresholds)[0])
+        vlabel = video_label(p, sm, self.model.thresholds, how, positive=self.model.positive)
         frames = [{"t": float(t[i]), "kind": kinds[int(order[i])], "label": self.classes[int(labels[i])],
                    "probs": dict(zip(self.classes, map(float, p[i])))} for i in range(len(t))]
-        return {"label": self.classes[vlabel], "probs": dict(zip(self.classes, map(float, video))),
-                "aggregate": how, "frames": frames, "segments": segments(t, labels, sm, self.classes, end=duration),
-                "duration": duration, "model": self.name, "version": self.version}
+        out = {"label": self.classes[vlabel], "probs": dict(zip(self.classes, map(float, video))),
+               "aggregate": how, "frames": frames, "segments": segments(t, labels, sm, self.classes, end=duration),
+               "duration": duration, "model": self.name, "version": self.version}
+        if scores is not None and len(scores) == len(t):
+            s = np.asarray(scores, dtype=float)[order]
+            for f, v in zip(frames, s):
+                f["score"] = float(v)
+            out["score"] = float(aggregate(smooth(s[:, None], window) if how == "max" else s[:, None], how)[0])
+        return out

@@ -35,7 +35,7 @@ from flows.config import ConfigError, flat
 from flows.validate import Reject, check, read_head
 from flows.video import VideoError, check_limits, output_size, probe
 
-from .batch import RAW, check_budget, prob_column, score, stream
+from .batch import RAW, SCORE, check_budget, prob_column, score, stream
 from .batch_config import ScanConfig, load_scan
 from .scan_decode import decode_task
 from .scan_plan import keyframe_times, lead_for, plan_chunks
@@ -150,7 +150,8 @@ def finish(plan: dict, parts: list[pa.Table], out: Path, stem: str, cfg: ScanCon
     probs = np.stack([col(prob_column(c)) for c in classes], axis=1)
     tl = build(col("t"), col("score"), col("grid"), probs, classes=classes, thresholds=thresholds,
                duration=plan["duration"], scene_threshold=cfg.scene_threshold, min_gap=cfg.min_scene_s,
-               window=cfg.smooth, keyframes=cfg.keyframes)
+               window=cfg.smooth, keyframes=cfg.keyframes,
+               predicted=col(SCORE) if SCORE in table.column_names else None)
     timeline = {**{k: plan[k] for k in ("video", "duration", "width", "height", "video_fps", "codec")},
                 "fps": cfg.fps, "classes": classes, "thresholds": thresholds, "model": model, **tl,
                 "config": {k: v for k, v in flat(cfg).items() if k not in ("model", "tracking_uri")}}

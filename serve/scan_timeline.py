@@ -40,14 +40,16 @@ def scene_smooth(probs: np.ndarray, scene: np.ndarray, window: int) -> np.ndarra
 
 
 def build(t, score, grid, probs, *, classes: list[str], thresholds, duration: float,
-          scene_threshold: float, min_gap: float, window: int, keyframes: bool = True) -> dict:
+          scene_threshold: float, min_gap: float, window: int, keyframes: bool = True,
+          predicted=None) -> dict:
     """Scored frames of one video (any order; N each: time s, scene score, grid flag, (N, C)
     probs) -> ``{cuts, frames, segments}``.
 
     Cuts: frames scoring above ``scene_threshold``, spaced by ``min_gap`` (:func:`final_cuts`).
     Kept frames: the grid, plus the frame at each cut when ``keyframes``. Labels: per-class
     thresholds (the serving rule) on the within-scene smoothed probabilities; segments: runs of a
-    label, the last one ending at ``duration``.
+    label, the last one ending at ``duration``. ``predicted`` (N,): a score head's output per frame,
+    kept on each frame and averaged over each segment as ``predicted_score``.
     """
     t, score = np.asarray(t, np.float64), np.asarray(score, np.float64)
     grid, probs = np.asarray(grid, bool), np.asarray(probs, np.float64).reshape(len(t), len(classes))
@@ -58,6 +60,7 @@ def build(t, score, grid, probs, *, classes: list[str], thresholds, duration: fl
     order = order[keep[order]]
     order = order[np.r_[True, np.diff(t[order]) > 0]] if len(order) else order  # one row per time
     t, at_cut, probs = t[order], at_cut[order], probs[order]
+    pred = np.asarray(predicted, np.float64)[order] if predicted is not None else None
     scene = np.searchsorted(np.asarray(cuts), t, side="right")
     sm = scene_smooth(probs, scene, window)
     labels = predict_with_thresholds(sm, thresholds) if len(t) else np.zeros(0, int)
@@ -66,9 +69,15 @@ def build(t, score, grid, probs, *, classes: list[str], thresholds, duration: fl
                "probs": {c: round(float(p), 6) for c, p in zip(classes, probs[i])},
                "smoothed": {c: round(float(p), 6) for c, p in zip(classes, sm[i])}}
               for i in range(len(t))]
+    if pred is not None:
+        for f, v in zip(frames, pred):
+            f["predicted_score"] = round(float(v), 6)
     segs = segments(t, labels, sm, classes, end=duration)
     for s in segs:
         s["start"], s["end"], s["score"] = round(s["start"], 4), round(s["end"], 4), round(s["score"], 6)
+        if pred is not None:
+            inside = (t >= s["start"]) & (t < s["end"])
+            s["predicted_score"] = round(float(pred[inside].mean()), 6) if inside.any() else None
     return {"cuts": [round(c, 4) for c in cuts], "frames": frames, "segments": segs}
 
 

@@ -26,7 +26,7 @@ from flows.images import open_image, resize_short
 
 from .metrics import predict_with_thresholds
 from .model import Classifier, Head
-from .transforms import Preproc, center_crop, five_crops, normalize, square, to_uint8_batch
+from .transforms import Preproc, center_crop, five_crops, normalize, square, tile_edge, to_uint8_batch
 
 META = "sift_model.json"
 
@@ -34,7 +34,7 @@ META = "sift_model.json"
 def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, short_edge: int,
          classes: list[str], thresholds: list[float], temperature: float, faces: dict | None,
          run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float,
-         decision: dict | None = None) -> Path:
+         decision: dict | None = None, score_range: tuple[float, float] | None = None) -> Path:
     """Write the artifact directory (replacing ``out``)."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -54,6 +54,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         "decision": decision or {"rule": "argmax"},
         "temperature": float(temperature), "faces": face_meta, "n_face": model.n_face,
         "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
+        "score_range": list(score_range) if score_range else None,
         "run_id": run_id, "metrics": metrics or {},
     }
     (out / META).write_text(json.dumps(meta, indent=2, default=float))
@@ -73,8 +74,15 @@ class SiftModel:
         self.classes = self.meta["classes"]
         self.thresholds = np.asarray(self.meta["thresholds"], dtype=np.float64)
         self.temperature = float(self.meta["temperature"])
+        # the worst-mistake class (its flags outrank other labels in a video), None without one
+        positive = (self.meta.get("decision") or {}).get("positive")
+        self.positive = self.classes.index(positive) if positive in self.classes else None
         pp = self.meta["preprocessing"]
         self.preproc, self.short_edge = Preproc.from_dict(pp), int(pp["short_edge"])
+        # five-crop tiling starts from a larger decode than the stored short edge (never upscaled)
+        self.tile_edge = max(self.short_edge, tile_edge(self.preproc.size))
+        # a score head's output in [0, 1] maps back to the training targets' range
+        self.score_range = tuple(self.meta.get("score_range") or (0.0, 1.0)) if self.meta["score_head"] else None
         backbone = CLIPVisionModelWithProjection.from_pretrained(self.path / "backbone")
         self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
                                 self.meta["dropout"], self.meta["score_head"])
@@ -94,21 +102,33 @@ class SiftModel:
                                          extra_classes=faces.get("extra_classes", ()), conf=faces["conf"])
 
     # -- preparation: the same steps as preprocessing + training --------------------------------
-    def prepare(self, item, max_pixels: int = 50_000_000) -> Image.Image:
-        """bytes / PIL image / (H,W,3) uint8 -> RGB image resized like a preprocessed item."""
+    def input_edge(self, tiles: int = 1) -> int:
+        """Short edge an input is prepared at: the stored one, or the tiling decode for 5 tiles."""
+        return self.tile_edge if tiles == 5 else self.short_edge
+
+    def prepare(self, item, max_pixels: int = 50_000_000, tiles: int = 1) -> Image.Image:
+        """bytes / PIL image / (H,W,3) uint8 -> RGB image resized like a preprocessed item (at
+        :meth:`input_edge` for tiling)."""
+        edge = self.input_edge(tiles)
         if isinstance(item, (bytes, bytearray)):
-            img = open_image(bytes(item), max_pixels=max_pixels, short_edge=self.short_edge)
+            img = open_image(bytes(item), max_pixels=max_pixels, short_edge=edge)
         elif isinstance(item, np.ndarray):
             img = Image.fromarray(item)
         else:
             img = item.convert("RGB")
-        return resize_short(img, self.short_edge)
+        return resize_short(img, edge)
 
-    @torch.no_grad()
     def logits(self, images: list[Image.Image], tiles: int = 1, tile_agg: str = "mean") -> np.ndarray:
         """Prepared RGB images -> raw logits (N, C); ``tiles=5`` averages (or maxes) five crops."""
+        return self.outputs(images, tiles, tile_agg)[0]
+
+    @torch.no_grad()
+    def outputs(self, images: list[Image.Image], tiles: int = 1,
+                tile_agg: str = "mean") -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared RGB images -> (raw logits (N, C), score (N,) in the training targets' units, or
+        None without a score head). Five tiles: logits averaged (or maxed), scores averaged."""
         if not images:
-            return np.zeros((0, len(self.classes)), np.float32)
+            return np.zeros((0, len(self.classes)), np.float32), (np.zeros(0) if self.score_range else None)
         face = self._faces(images)
         if tiles == 5:
             sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
@@ -116,14 +136,21 @@ class SiftModel:
         else:
             sq = np.stack([square(im, self.preproc.size) for im in images])
         x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
-        out = self.forward(x, torch.from_numpy(face).to(self.device)).float().cpu().numpy()
+        logits, score = self.forward(x, torch.from_numpy(face).to(self.device))
+        out = logits.float().cpu().numpy()
+        score = score.float().cpu().numpy().astype(np.float64) if score is not None else None
         if tiles == 5:
             out = out.reshape(len(images), 5, -1)
             out = out.max(axis=1) if tile_agg == "max" else out.mean(axis=1)
-        return out
+            score = score.reshape(len(images), 5).mean(axis=1) if score is not None else None
+        if score is not None:
+            lo, hi = self.score_range or (0.0, 1.0)
+            score = lo + score * (hi - lo)
+        return out, score
 
-    def forward(self, x: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
-        """Model input (N,3,S,S) + face features (N,F) -> logits (N,C), no gradients.
+    def forward(self, x: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model input (N,3,S,S) + face features (N,F) -> (logits (N,C), score (N,) in [0, 1] or None),
+        no gradients.
 
         On CPU with several ``workers`` the batch runs as chunks, each on a single-threaded worker,
         instead of one forward with torch's intra-op threads. Why: intra-op parallelism splits every
@@ -136,14 +163,16 @@ class SiftModel:
         """
         if self.pool is None or len(x) < 2:
             with torch.no_grad():
-                return self.model(pixels=x, face=face)[0]
+                return self.model(pixels=x, face=face)
 
-        def run(part: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        def run(part: tuple[torch.Tensor, torch.Tensor]):
             with torch.no_grad():  # grad mode is per thread
-                return self.model(pixels=part[0], face=part[1])[0]
+                return self.model(pixels=part[0], face=part[1])
 
         n = min(len(x), 2 * self.workers)
-        return torch.cat(list(self.pool.map(run, zip(x.tensor_split(n), face.tensor_split(n)))))
+        parts = list(self.pool.map(run, zip(x.tensor_split(n), face.tensor_split(n))))
+        score = torch.cat([s for _, s in parts]) if parts[0][1] is not None else None
+        return torch.cat([z for z, _ in parts]), score
 
     def _faces(self, images: list[Image.Image]) -> np.ndarray:
         if self.detector is None:
@@ -157,11 +186,16 @@ class SiftModel:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, items: list, tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
-        """Items (bytes, PIL or arrays) -> per item ``{label, probs{class: p}}``."""
-        p = self.probs(self.logits([self.prepare(i) for i in items], tiles, tile_agg))
+        """Items (bytes, PIL or arrays) -> per item ``{label, probs{class: p}}`` (+ ``score`` with a
+        score head)."""
+        logits, score = self.outputs([self.prepare(i, tiles=tiles) for i in items], tiles, tile_agg)
+        p = self.probs(logits)
         pred = predict_with_thresholds(p, self.thresholds) if len(p) else []
-        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row)))}
-                for k, row in zip(pred, p)]
+        out = [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row)))}
+               for k, row in zip(pred, p)]
+        for o, s in zip(out, score if score is not None else []):
+            o["score"] = float(s)
+        return out
 
 
 def jpeg_bytes(img: Image.Image) -> bytes:

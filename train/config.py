@@ -32,6 +32,8 @@ class TrainConfig:
     backbone_lr: float = knob(1e-5, lo=0.0, hi=1.0)
     weight_decay: float = knob(1e-4, lo=0.0, hi=1.0)
     frozen_steps: int = knob(-1, lo=-1, help="steps with a frozen backbone; -1: the whole run")
+    warmup_steps: int = knob(10, lo=0, help="linear learning-rate warm-up at the start of each phase")
+    lr_schedule: str = knob("cosine", choices=("cosine", "constant"), help="decay over each phase after warm-up")
     unfreeze_last: int = knob(2, lo=0, hi=1000, help="transformer blocks unfrozen after warm-up")
     cache_views: int = knob(2, lo=1, hi=16, help="augmented views per image in the embedding cache")
     feature_noise: float = knob(0.1, lo=0.0, hi=5.0)

@@ -10,16 +10,22 @@ import ray.train
 
 from . import artifact, calibrate, metrics, plots, predictions, tracking
 from .data import PixelView
-from .loop import predict_logits
+from .loop import predict_outputs
 from .worker import _iter
 
 
-def _logits(model, name, ctx):
+def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(logits, labels) of the labeled items of split ``name``, and its score metrics (empty without
+    a score head), the predicted score mapped back to the targets' units."""
     shard = ray.train.get_dataset_shard(name)
-    logits, y, _ = predict_logits(model, _iter(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
-                                  PixelView(ctx["preproc"]))
-    keep = y >= 0
-    return logits[keep], y[keep]
+    out = predict_outputs(model, _iter(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
+                          PixelView(ctx["preproc"]))
+    keep = out["label"] >= 0
+    scores = {}
+    if ctx["cfg"].score_head:
+        lo, hi = ctx["score_range"]
+        scores = metrics.score_metrics(lo + out["score"] * (hi - lo), out["score_target"])
+    return out["logits"][keep], out["label"][keep].astype(np.int64), scores
 
 
 def _example_jpeg(ctx) -> bytes:
@@ -53,15 +59,17 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     best = state.get("best_state")
     if best:
         model.load_state_dict(best["weights"])
-    val_logits, val_y = _logits(model, "val", ctx)
+    val_logits, val_y, val_scores = _outputs(model, "val", ctx)
     temperature = calibrate.fit_temperature(val_logits, val_y) if len(val_y) else 1.0
     val_p = calibrate.apply_temperature(val_logits, temperature)
     thresholds = calibrate.choose_thresholds(val_p, val_y, classes, positive=cfg.positive,
                                              negative=cfg.negative, max_rate=cfg.threshold_rate) \
         if len(val_y) else [1.0 / len(classes)] * len(classes)
-    test_logits, test_y = _logits(model, "test", ctx)
+    test_logits, test_y, test_scores = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
-    out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"]}
+    out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"],
+                             **{f"test_{k}": v for k, v in test_scores.items()},
+                             **{f"val_{k}": v for k, v in val_scores.items()}}
     cm = None
     if len(test_y):
         m = metrics.evaluate(test_p, test_y, classes, positive=cfg.positive, negative=cfg.negative,
@@ -95,7 +103,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
-        decision=decision_rule(cfg))
+        decision=decision_rule(cfg), score_range=ctx["score_range"] if cfg.score_head else None)
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])

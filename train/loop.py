@@ -42,6 +42,13 @@ class LossSpec:
     confidence_threshold: float
     noisy_sharpen: float
     ema_decay: float
+    score_range: tuple[float, float] = (0.0, 1.0)  # the score targets' (min, max) on train
+
+
+def unit_score(score: torch.Tensor, score_range: tuple[float, float]) -> torch.Tensor:
+    """Targets in the user's units -> [0, 1] by the training range (the head's sigmoid range)."""
+    lo, hi = score_range
+    return (score - lo) / (hi - lo) if hi > lo else score - lo + 0.5
 
 
 def mix(lab: dict, unl: dict | None) -> dict:
@@ -110,7 +117,8 @@ def train_step(student, teacher, opt, batch: dict, view: Callable, spec: LossSpe
     if s_score is not None:
         has = ~torch.isnan(batch["score"])
         if has.any():
-            l_score = F.mse_loss(s_score[has], batch["score"][has].to(s_score.dtype))
+            target = unit_score(batch["score"][has].to(s_score.dtype), spec.score_range)
+            l_score = F.mse_loss(s_score[has], target)
     loss = l_clean + l_noisy + ramp * spec.consistency_weight * l_cons + l_score
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -127,15 +135,25 @@ def _unwrap(model):
 
 
 @torch.no_grad()
+def predict_outputs(model, batches: Iterable[dict], view: Callable) -> dict[str, np.ndarray]:
+    """Eval-mode outputs over batches -> {"logits" (N,C), "label" (N,), "pool" (N,), "score" (N,)
+    predicted in [0, 1] (NaN without a score head), "score_target" (N,) (NaN where absent)}."""
+    model.eval()
+    cols: dict[str, list] = {"logits": [], "label": [], "pool": [], "score": [], "score_target": []}
+    for b in batches:
+        logits, score = view(model, b, "eval", None)
+        cols["logits"].append(logits.float().cpu().numpy())
+        cols["label"].append(b["label"].cpu().numpy())
+        cols["pool"].append(b["pool"].cpu().numpy())
+        cols["score"].append(score.float().cpu().numpy() if score is not None
+                             else np.full(len(logits), np.nan, np.float32))
+        cols["score_target"].append(b["score"].cpu().numpy())
+    if not cols["logits"]:
+        return {"logits": np.zeros((0, 0), np.float32), **{k: np.zeros(0) for k in list(cols)[1:]}}
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
 def predict_logits(model, batches: Iterable[dict], view: Callable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eval-mode logits over batches -> ``(logits (N,C), labels (N,), pools (N,))``."""
-    model.eval()
-    out, ys, pools = [], [], []
-    for b in batches:
-        logits, _ = view(model, b, "eval", None)
-        out.append(logits.float().cpu().numpy())
-        ys.append(b["label"].cpu().numpy())
-        pools.append(b["pool"].cpu().numpy())
-    if not out:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out), np.concatenate(ys), np.concatenate(pools)
+    out = predict_outputs(model, batches, view)
+    return out["logits"], out["label"].astype(np.int64), out["pool"].astype(np.int64)

@@ -24,7 +24,8 @@ from .losses import default_cost_matrix
 from .model import load_backbone, resolve_backbone
 
 
-def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]]) -> LossSpec:
+def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]],
+              score_range: tuple[float, float] = (0.0, 1.0)) -> LossSpec:
     gamma = torch.tensor([cfg.class_gamma.get(c, cfg.gamma_pos) for c in classes]) if cfg.class_gamma else cfg.gamma_pos
     return LossSpec(
         gamma_pos=gamma, gamma_neg=cfg.gamma_neg, eps=cfg.label_smoothing,
@@ -33,7 +34,7 @@ def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]]) -> LossSp
         priors={classes.index(k): torch.tensor(v, dtype=torch.float32) for k, v in priors.items()},
         mean_teacher=cfg.mean_teacher, consistency=cfg.consistency, consistency_weight=cfg.consistency_weight,
         rampup=cfg.consistency_rampup, confidence_threshold=cfg.confidence_threshold,
-        noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay)
+        noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay, score_range=score_range)
 
 
 def read_data_manifest(data: Path) -> dict:
@@ -87,6 +88,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     manifest = read_data_manifest(data)
     classes, priors = manifest["classes"], manifest.get("priors", {})
     cfg = for_classes(cfg, classes)  # the label set's checks, before Ray starts
+    if cfg.score_head and manifest.get("scored") == 0:
+        raise ConfigError(f"score_head=true: no item of {data} has a score (manifest lines with \"score\")")
     init_ray(num_cpus)
     home = state_dir()
     backbone_dir = resolve_backbone(cfg.backbone, home)
@@ -96,8 +99,14 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
                         actors=cfg.cache_actors)
-    meta = pads.dataset(str(cache), format="parquet").to_table(columns=["id", "path", "split", "label", "pool"]) \
-        .to_pandas()
+    meta = pads.dataset(str(cache), format="parquet").to_table(
+        columns=["id", "path", "split", "label", "pool", "score"]).to_pandas()
+    score_range = (0.0, 1.0)
+    if cfg.score_head:
+        targets = meta.loc[(meta.split == "train") & meta.score.notna(), "score"]
+        if targets.empty:
+            raise ConfigError("score_head=true: no train item has a score (manifest lines with \"score\")")
+        score_range = (float(targets.min()), float(targets.max()))
     # human corrections (sift review): applied to the labels as training reads them, see train/corrections.py
     corr = corrections.load(cfg, classes)
     used = corrections.summarize(meta, corr) if corr is not None else None
@@ -128,7 +137,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
     ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
-           "faces": faces, "spec": loss_spec(cfg, classes, priors), "relabel": relabel, "corrections": used,
+           "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range), "relabel": relabel,
+           "score_range": score_range, "corrections": used,
            "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
            "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
            "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names), **counts}

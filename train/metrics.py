@@ -174,6 +174,32 @@ def rival_share(probs, pos_idx: int) -> np.ndarray:
     return np.divide(p, den, out=np.full_like(p, 0.5), where=den > 0)
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..N-1 of x, ties sharing their average rank (as scipy's rankdata, minus one)."""
+    r = np.empty(x.size)
+    r[np.argsort(x, kind="mergesort")] = np.arange(x.size)
+    _, inv = np.unique(x, return_inverse=True)
+    return (np.bincount(inv, r) / np.bincount(inv))[inv]
+
+
+def score_metrics(pred, target) -> dict[str, float]:
+    """Regression metrics of a score head over items with a target: {score_mae, score_spearman,
+    score_n}. pred, target (N,) in the same units; items whose target is NaN are left out. Spearman
+    is the Pearson correlation of the ranks (ties averaged); NaN with fewer than 2 items or a
+    constant side."""
+    pred, target = np.asarray(pred, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    has = np.isfinite(target) & np.isfinite(pred)
+    pred, target = pred[has], target[has]
+    out = {"score_n": float(has.sum()), "score_mae": float(np.abs(pred - target).mean()) if has.any() else math.nan,
+           "score_spearman": math.nan}
+    if pred.size >= 2:
+        a, b = _ranks(pred), _ranks(target)
+        a, b = a - a.mean(), b - b.mean()
+        den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+        out["score_spearman"] = float((a * b).sum() / den) if den > 0 else math.nan
+    return out
+
+
 def metric_name(name: str) -> str:
     """A class name made safe for an MLflow metric key (other characters become '_')."""
     return _BAD_NAME_CHARS.sub("_", str(name))

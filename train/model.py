@@ -91,11 +91,15 @@ class Head(nn.Module):
         self.score = nn.Linear(hidden, 1) if score_head else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, D+F) -> logits (B, C), score (B,) in [-1, 1] or None."""
+        """x (B, D+F) -> logits (B, C), score (B,) in (0, 1) or None.
+
+        The score is the regression target rescaled to [0, 1] by the training data's range (the
+        artifact's ``score_range`` maps it back to the user's units).
+        """
         h = self.proj(self.norm_in(x))
         h = self.norm(h + self.block(h))
         h = self.drop(h)
-        score = torch.tanh(self.score(h)).squeeze(-1) if self.score is not None else None
+        score = torch.sigmoid(self.score(h)).squeeze(-1) if self.score is not None else None
         return self.out(h), score
 
 

@@ -42,6 +42,29 @@ def segments(times: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: 
     return out
 
 
+def video_label(probs: np.ndarray, smoothed: np.ndarray, thresholds, how: str = "max",
+                positive: int | None = None, k: int = 3) -> int:
+    """The video-level class index from (T, C) frame probabilities and their smoothed twin.
+
+    ``max``: frames are labelled by the serving rule on the *smoothed* probabilities, and the video
+    takes the label of its most confident frame (highest smoothed probability of the frame's own
+    label), except that a frame labelled ``positive`` (the worst-mistake class, e.g. BAD) outranks
+    every other: one flagged scene is enough to flag the video. ``mean`` / ``topk``: the serving
+    rule on the aggregated scores (:func:`aggregate`), a whole-video impression.
+    """
+    from .metrics import predict_with_thresholds
+
+    if len(probs) == 0:
+        raise ValueError("no frames to aggregate")
+    if how != "max":
+        return int(predict_with_thresholds(aggregate(probs, how, k)[None], thresholds)[0])
+    labels = predict_with_thresholds(smoothed, thresholds)
+    if positive is not None and np.any(labels == positive):
+        return int(positive)
+    conf = smoothed[np.arange(len(labels)), labels]
+    return int(labels[int(np.argmax(conf))])
+
+
 def aggregate(probs: np.ndarray, how: str = "max", k: int = 3) -> np.ndarray:
     """Video-level (C,) scores from (T, C) frame probabilities: max, mean or top-k mean per class.
 

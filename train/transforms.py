@@ -56,12 +56,27 @@ def decode(data: bytes, size: int) -> np.ndarray:
         return square(to_rgb(im.convert(im.mode)), size)
 
 
-def five_crops(img: Image.Image, size: int) -> np.ndarray:
-    """Tiling for large images: 4 corner squares + centre, each ``size`` -> (5, size, size, 3)."""
-    w, h = img.size
+TILE_SCALE = 3  # five-crop tiling decodes the image at a short edge of up to 3 x the model's square
+
+
+def tile_edge(size: int) -> int:
+    """Short edge an image is decoded at for five-crop tiling: each crop's side is 2/3 of it, so a
+    crop holds up to 2x the pixels per side that the model's ``size`` square takes in (detail that
+    one downscaled view of the whole image loses)."""
+    return TILE_SCALE * size
+
+
+def five_crop_boxes(w: int, h: int, size: int) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of the 4 corner squares + the centre one: side 2/3 of the short edge
+    (the whole short edge for an image not larger than ``size``)."""
     side = min(w, h) * 2 // 3 if min(w, h) > size else min(w, h)
-    boxes = [(0, 0), (w - side, 0), (0, h - side), (w - side, h - side), ((w - side) // 2, (h - side) // 2)]
-    return np.stack([square(img.crop((x, y, x + side, y + side)), size) for x, y in boxes])
+    corners = [(0, 0), (w - side, 0), (0, h - side), (w - side, h - side), ((w - side) // 2, (h - side) // 2)]
+    return [(x, y, x + side, y + side) for x, y in corners]
+
+
+def five_crops(img: Image.Image, size: int) -> np.ndarray:
+    """Tiling for large images: :func:`five_crop_boxes`, each squared to ``size`` -> (5, size, size, 3)."""
+    return np.stack([square(img.crop(box), size) for box in five_crop_boxes(*img.size, size)])
 
 
 def to_uint8_batch(arrays: list[np.ndarray] | np.ndarray) -> torch.Tensor:

@@ -24,6 +24,7 @@ from . import calibrate, metrics
 from .data import CacheView, PixelView, cycle, to_tensors
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
+from .schedule import end_of_epoch, lr_factor, new_epoch_state, phase_lengths, set_lr
 from .teacher import make_teacher
 
 _log = logging.getLogger("sift.train")
@@ -46,9 +47,11 @@ def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool =
 
 
 def _optimizer(model: Classifier, cfg, backbone_params):
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.lr}]
+    """AdamW over the head (``lr``) and the unfrozen blocks (``backbone_lr``); each group keeps its
+    base rate as ``base_lr`` (checkpointed with the optimizer), which the schedule scales."""
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
     if backbone_params:
-        groups.append({"params": backbone_params, "lr": cfg.backbone_lr})
+        groups.append({"params": backbone_params, "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr})
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
@@ -76,8 +79,8 @@ def train_loop_per_worker(ctx: dict) -> None:
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
     opt = _optimizer(model, cfg, [])
-    state = {"step": 0, "epoch": 0, "best": -math.inf, "best_state": None, "bad_epochs": 0, "phase": "frozen",
-             "history": {}}
+    state = {"step": 0, "epoch": 0, "best_state": None, "phase": "frozen", "phase_step": 0, "history": {},
+             **new_epoch_state()}
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # resume after a lost worker: same phase, weights, optimizer, counters
         with ckpt.as_directory() as d:
@@ -92,11 +95,10 @@ def train_loop_per_worker(ctx: dict) -> None:
         say(f"[train] rank {rank} resumed at epoch {state['epoch']} step {state['step']}")
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if world > 1 else model
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                       patience=cfg.plateau_patience)
     lab_shard = ray.train.get_dataset_shard("labeled")
     unl_shard = ray.train.get_dataset_shard("unlabeled") if ctx["n_unlabeled"] and cfg.unlabeled_batch else None
     steps = cfg.steps_per_epoch or max(1, math.ceil(ctx["n_labeled"] / (cfg.labeled_batch * world)))
+    lengths = dict(zip(("frozen", "unfrozen"), phase_lengths(cfg.epochs, steps, cfg.frozen_steps)))
     mlflow, run = _start_run(ctx) if rank == 0 else (None, None)
     cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx["preproc"])
     for epoch in range(state["epoch"], cfg.epochs):
@@ -107,9 +109,14 @@ def train_loop_per_worker(ctx: dict) -> None:
         view = cache_view if mode == "cache" else pixel_view
         sums: dict[str, float] = {}
         for _ in range(steps):
+            factor = lr_factor(state["phase_step"], lengths[state["phase"]], cfg.warmup_steps, cfg.lr_schedule)
+            rates = set_lr(opt, [grp["base_lr"] for grp in opt.param_groups], factor * state["lr_scale"])
             batch = mix(next(lab_it), next(unl_it, None) if unl_it else None)
-            stats = train_step(ddp, teacher, opt, batch, view, ctx["spec"], state["step"], g)
+            stats = {**train_step(ddp, teacher, opt, batch, view, ctx["spec"], state["step"], g), "lr": rates[0]}
+            if len(rates) > 1:
+                stats["lr_backbone"] = rates[1]
             state["step"] += 1
+            state["phase_step"] += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             if mlflow and state["step"] % 10 == 0:
@@ -123,20 +130,21 @@ def train_loop_per_worker(ctx: dict) -> None:
             res["teacher"] = _evaluate(teacher, val_shard, mode, view, ctx, cfg, "val")[0]
         who = max(res, key=lambda k: res[k].get("val_selection", -math.inf))
         score = res[who].get("val_selection", -math.inf)
-        sched.step(score if math.isfinite(score) else 0.0)
-        if score > state["best"]:
+        decided = end_of_epoch(state, score, patience=cfg.plateau_patience, factor=cfg.plateau_factor,
+                               early_stop=cfg.early_stop)
+        if decided["improved"]:
             net = teacher if who == "teacher" else model
-            state.update(best=score, bad_epochs=0, best_state={"who": who, "phase": state["phase"],
-                                                                "weights": copy.deepcopy(net.state_dict())})
-        else:
-            state["bad_epochs"] += 1
+            state["best_state"] = {"who": who, "phase": state["phase"], "weights": copy.deepcopy(net.state_dict())}
+        if decided["reduced"]:
+            say(f"[train] no better {cfg.selection} for {cfg.plateau_patience + 1} epochs: learning rate x "
+                f"{cfg.plateau_factor} (now x{state['lr_scale']:.3g})")
         if state["phase"] == "frozen" and 0 <= cfg.frozen_steps <= state["step"]:
-            state["phase"] = "unfrozen"
+            # end to end from here: a new optimizer, and the schedule and plateau multiplier restart
+            state.update(phase="unfrozen", phase_step=0, lr_scale=1.0, plateau_bad=0)
             opt = _optimizer(model, cfg, set_trainable(model, cfg.unfreeze_last))
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                               patience=cfg.plateau_patience)
         state["epoch"] = epoch + 1
         report = {"epoch": epoch + 1, "step": state["step"], "val_selection": score, "best": state["best"],
+                  "lr_scale": state["lr_scale"],
                   "epoch_s": time.time() - t0, **{f"train_{k}": v / max(1, steps) for k, v in sums.items()},
                   **res[who], **{f"student_{k}": v for k, v in res["student"].items()}}
         for k in ("val_selection", "train_loss"):
@@ -149,7 +157,7 @@ def train_loop_per_worker(ctx: dict) -> None:
         brief = {k: report[k] for k in ("epoch", "step", "val_selection", "best", "train_loss") if k in report}
         _report(brief, model, teacher, opt, state, rank)
         _maybe_fail(ctx, epoch + 1)
-        if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
+        if decided["stop"]:
             say(f"[train] early stop after {epoch + 1} epochs")
             break
     if rank == 0:

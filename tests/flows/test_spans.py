@@ -197,7 +197,7 @@ def test_whole_line_and_spans_both_count_and_spans_win_inside(clips):
 
 @pytest.mark.slow
 def test_cap_spreads_frames_over_a_long_span(clips):
-    cfg = load_preprocess(None, ["span_fps=5", "span_max_frames=4", "short_edge=64"])
+    cfg = load_preprocess(None, ["span_fps=5", "span_max_frames=4", "short_edge=64", "classes=[BAD, NEUTRAL, GOOD]"])
     ok, rej = _run(clips, [{"path": "v.mp4", "start": 0, "end": 10, "label": "GOOD"}], cfg)
     assert not rej
     assert [r["timestamp"] for r in ok] == pytest.approx([0, 2.5, 5, 7.5], abs=0.041)

@@ -199,11 +199,11 @@ def test_label_with_the_keyboard_undo_and_the_store_records_who_when_previous(re
     page.keyboard.press("ArrowLeft")
     assert page.get_attribute("#card", "data-id") == first and review.store.history() == []  # moving writes nothing
     t0 = time.time()
-    a = press("1")  # uncertain -> BAD
+    a = press("1")  # uncertain -> BAD (keys follow the class order: BAD, GOOD, NEUTRAL)
     tab("disagree")
-    b = press("3")  # disagree -> GOOD
+    b = press("2")  # disagree -> GOOD
     tab("loss")
-    c = press("2")  # loss -> NEUTRAL ...
+    c = press("3")  # loss -> NEUTRAL ...
     press("u")  # ... undone: the item is back on screen
     assert page.get_attribute("#card", "data-id") == c["id"] and "undone" in page.inner_text("#status")
     press("s")  # and skipped

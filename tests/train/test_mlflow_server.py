@@ -69,4 +69,4 @@ def test_training_logs_runs_artifacts_and_the_registry_through_the_server(server
     assert client.get_model_version_by_alias("sift-classifier", "candidate").run_id == s["run_id"]
     path, name, version = resolve_model("models:/sift-classifier@candidate", tracking_uri=url,
                                         cache=server_home / "model-cache")
-    assert version == str(s["version"]) and SiftModel(path).classes == ["BAD", "NEUTRAL", "GOOD"]
+    assert version == str(s["version"]) and SiftModel(path).classes == ["BAD", "GOOD", "NEUTRAL"]

@@ -91,9 +91,45 @@ def test_chunked_cpu_forward_matches_one_forward_and_leaves_torch_threads_alone(
     assert set(chunked.pool.map(lambda _: torch.get_num_threads(), range(6))) == {1}  # single-threaded workers
     # grad mode is per thread: the workers must turn it off themselves
     x, face = torch.randn(4, 3, p.crop, p.crop, requires_grad=True), torch.zeros(4, 4)
-    assert not chunked.forward(x, face).requires_grad
+    assert not chunked.forward(x, face)[0].requires_grad
 
 
 def test_preproc_round_trips_as_dict():
     p = Preproc(72, 64)
     assert Preproc.from_dict(p.to_dict()) == p
+
+
+def test_five_crop_boxes_cover_corners_and_centre_at_two_thirds():
+    from train.transforms import five_crop_boxes
+
+    boxes = five_crop_boxes(300, 216, 72)
+    assert boxes == [(0, 0, 144, 144), (156, 0, 300, 144), (0, 72, 144, 216), (156, 72, 300, 216),
+                     (78, 36, 222, 180)]
+    assert five_crop_boxes(60, 50, 72) == [(0, 0, 50, 50), (10, 0, 60, 50), (0, 0, 50, 50), (10, 0, 60, 50),
+                                           (5, 0, 55, 50)]  # not larger than the square: whole short edge
+
+
+def test_tiles_crop_the_full_resolution_decode_and_aggregate_by_mean_or_max(tiny, tmp_path):
+    from train.transforms import five_crops
+
+    model, p, _ = tiny
+    model.eval()
+    save(tmp_path / "m", model, backbone_id="tiny", preproc=p, short_edge=100, classes=["a", "b", "c"],
+         thresholds=[1 / 3] * 3, temperature=1.0, faces=None, hidden=32, dropout=0.1)
+    m = SiftModel(tmp_path / "m", workers=1)
+    assert m.tile_edge == 3 * p.size == 216 and m.input_edge(1) == 100 and m.input_edge(5) == 216
+    big = Image.open(io.BytesIO(_jpeg(9, size=(900, 600))))
+    tiled = m.prepare(big, tiles=5)
+    assert tiled.size == (324, 216)  # 600 px short edge decoded at 216, not at the stored 100
+    assert m.prepare(big).size == (150, 100)
+    crops = five_crops(tiled, p.size)
+    x = normalize(center_crop(to_uint8_batch(crops), p.crop), p)
+    with torch.no_grad():
+        each = model(pixels=x, face=torch.zeros(5, 4))[0].numpy()
+    np.testing.assert_allclose(m.logits([tiled], tiles=5), each.mean(0, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(m.logits([tiled], tiles=5, tile_agg="max"), each.max(0, keepdims=True), atol=1e-5)
+    data = _jpeg(9, size=(900, 600))  # bytes: decoded straight at the tiling edge (JPEG draft mode)
+    r = m.predict([data], tiles=5)[0]
+    assert m.prepare(data, tiles=5).size == (324, 216)
+    ref = m.probs(m.logits([m.prepare(data, tiles=5)], tiles=5))[0]
+    assert r["probs"] == pytest.approx(dict(zip("abc", ref)), abs=1e-6)

@@ -24,7 +24,7 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     assert mv.run_id == s["run_id"]
     # the artifact is self-describing and loads back
     model = SiftModel(s["model"])
-    assert model.classes == ["BAD", "NEUTRAL", "GOOD"] and model.detector is not None
+    assert model.classes == ["BAD", "GOOD", "NEUTRAL"] and model.detector is not None
     assert model.meta["faces"]["face_classes"] == ["FACE_FEMALE", "FACE_MALE"]
 
 

@@ -1,0 +1,171 @@
+"""Any label set, end to end on real Ray, MLflow and Serve: preprocess -> train -> promote -> serve ->
+classify -> runs, for a binary NSFW/SFW filter with a worst mistake and a 4-class task with no order.
+
+The corpora are drawn here, not by `sift make-corpus`: each class is a hue band under random shapes of
+any colour, plus an unlabeled folder, so the classes are learnable but not trivially separable.
+"""
+import colorsys
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.slow
+
+TINY = "train/configs/tiny.yaml"
+
+
+def _picture(hue: float, rng) -> Image.Image:
+    w, h = 120, 90
+    r, g, b = (int(255 * v) for v in colorsys.hsv_to_rgb(hue % 1.0, 0.55 + 0.4 * rng.random(), 0.5 + 0.5 * rng.random()))
+    img = Image.new("RGB", (w, h), (r, g, b))
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):  # distractors of any colour, a third of the picture at most
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        s = int(rng.integers(8, 30))
+        d.ellipse([x, y, x + s, y + s], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return img
+
+
+def _corpus(root, classes: dict[str, float], per_class: int, unlabeled: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for name, hue in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            _picture(hue + rng.normal(0, 0.03), rng).save(root / name / f"{i}.jpg", quality=85)
+    (root / "unlabeled").mkdir()
+    names = list(classes.values())
+    for i in range(unlabeled):
+        _picture(names[i % len(names)] + rng.normal(0, 0.03), rng).save(root / "unlabeled" / f"u{i}.jpg")
+    return root
+
+
+def _end_to_end(tmp_path, server, capsys, classes, model_name, train_overrides):
+    from flows.preprocess import main as preprocess
+    from serve.client import classify_main
+    from train.main import main as train
+    from train.promote import main as promote
+    from train.runs import main as runs
+    from train.tracking import use
+
+    corpus = _corpus(tmp_path / "corpus", classes, per_class=45, unlabeled=30, seed=len(classes))
+    assert preprocess(["--input", str(corpus), "--output", str(tmp_path / "data"), "batch_size=16"]) == 0
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["classes"] == sorted(classes, key=str.lower) and manifest["priors"] == {}
+    assert manifest["label_set"] == {"from": "data", "dropped_defaults": ["NEUTRAL"]}
+    capsys.readouterr()
+
+    assert train(["--data", str(tmp_path / "data"), "--config", TINY, "epochs=3", "frozen_steps=-1",
+                  f"model_name={model_name}", f"run_name={model_name}-run", *train_overrides]) == 0
+    out = capsys.readouterr().out
+    for c in classes:
+        assert f"\n{c} " in out  # a row per class in the evaluation table
+    client = use().MlflowClient()
+    mv = client.get_model_version_by_alias(model_name, "candidate")
+    run = client.get_run(mv.run_id)
+    assert run.data.params["classes_list"] == ",".join(manifest["classes"])
+    m = run.data.metrics
+    for c in classes:
+        assert f"test_f1_{c}" in m and f"test_ap_{c}" in m
+    assert not any("BAD" in k or "GOOD" in k for k in m)  # nothing of the default label set leaks in
+    # the classes are hue bands: even the tiny random backbone's features separate them
+    assert m["test_macro_f1"] >= 0.6, m["test_macro_f1"]
+
+    assert promote(["--latest", "--model-name", model_name]) == 0
+    assert client.get_model_version_by_alias(model_name, "champion").version == mv.version
+    cfg, api = server[0](f"model=models:/{model_name}@champion")
+    try:
+        ready = api.get("/readyz").json()
+        assert ready["classes"] == manifest["classes"]
+        probe = {c: tmp_path / f"probe-{c}.jpg" for c in classes}
+        for i, (c, hue) in enumerate(classes.items()):
+            _picture(hue, np.random.default_rng(100 + i)).save(probe[c])
+        capsys.readouterr()
+        base = f"http://127.0.0.1:{cfg.port}"
+        assert classify_main(["--server", base, "--json", *map(str, probe.values())]) == 0
+        got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [set(r["probs"]) for r in got] == [set(classes)] * len(classes)
+        assert all(r["label"] in classes and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in got)
+        # the label is the artifact's decision rule applied to the returned probabilities
+        from train.metrics import predict_with_thresholds
+
+        names = manifest["classes"]
+        for r in got:
+            p = np.array([[r["probs"][c] for c in names]])
+            t = [r["thresholds"][c] for c in names]
+            assert r["label"] == names[int(predict_with_thresholds(p, t)[0])]
+        correct = sum(r["label"] == c for r, c in zip(got, classes))
+        assert correct >= len(classes) - 1, got  # pure hue probes: at most one miss
+    finally:
+        server[0]()  # back to the session's default model
+    capsys.readouterr()
+    assert runs(["--last", "3", "--plot", str(tmp_path / "runs.png")]) == 0
+    table = capsys.readouterr().out
+    assert f"{model_name}-run" in table and f"test_f1_{sorted(classes, key=str.lower)[0]}" in table
+    return run, mv
+
+
+def test_binary_nsfw_sfw_with_a_worst_mistake(tmp_path, server, capsys, sift_home):
+    from train.artifact import META
+
+    run, mv = _end_to_end(tmp_path, server, capsys, {"NSFW": 0.95, "SFW": 0.55}, "sift-nsfw",
+                          ["positive=NSFW", "threshold_rate=0.1"])
+    assert run.data.params["selection"] == "NSFW_recall@SFW2NSFW<=0.1"
+    assert "test_NSFW_recall_at_SFW2NSFW_le_10" in run.data.metrics
+    meta = json.loads((sift_home / "runs" / "sift-nsfw-run" / "model" / META).read_text())
+    assert meta["decision"] == {"rule": "worst_mistake", "positive": "NSFW", "negative": "SFW", "max_rate": 0.1}
+    t = meta["thresholds"]
+    assert len(t) == 2 and t[0] + t[1] == pytest.approx(1.0)  # one threshold: NSFW when P(NSFW) >= t[0]
+    assert (sift_home / "runs" / "sift-nsfw-run" / "pr_curves_test.png").stat().st_size > 1000
+
+
+def test_four_unordered_classes_use_macro_f1(tmp_path, server, capsys, sift_home):
+    from train.artifact import META
+
+    classes = {"attic": 0.0, "beach": 0.16, "forest": 0.33, "kitchen": 0.66}
+    run, _ = _end_to_end(tmp_path, server, capsys, classes, "sift-rooms", [])
+    assert run.data.params["selection"] == "macro_f1" and run.data.params["positive"] == ""
+    assert not any("_recall_at_" in k for k in run.data.metrics)
+    meta = json.loads((sift_home / "runs" / "sift-rooms-run" / "model" / META).read_text())
+    assert meta["decision"] == {"rule": "macro_f1"} and sum(meta["thresholds"]) == pytest.approx(1.0)
+
+
+def test_a_score_head_learns_the_manifest_score_and_reaches_the_clients(tmp_path, ray_session, sift_home, capsys):
+    """score_head=true on a JSONL manifest whose ``score`` (0-10, the user's units) is the brightness:
+    MLflow gets MAE and Spearman, and the local client and score-folder --score return the score."""
+    from flows.preprocess import main as preprocess
+    from serve.client import classify_main, score_folder_main
+    from train.main import main as train
+    from train.tracking import use
+
+    rng = np.random.default_rng(11)
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i in range(120):
+        value = float(rng.uniform(0.15, 1.0))
+        img = _picture(0.6 if i % 2 else 0.1, rng)
+        img = Image.eval(img, lambda v, k=value: int(v * k))  # the score: how bright the picture is
+        img.save(tmp_path / "img" / f"{i}.jpg")
+        lines.append({"path": f"img/{i}.jpg", "label": "warm" if i % 2 == 0 else "cool", "score": 10 * value})
+    (tmp_path / "m.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    assert preprocess(["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "data")]) == 0
+    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["scored"] == 120
+    assert train(["--data", str(tmp_path / "data"), "--config", TINY, "epochs=6", "frozen_steps=-1",
+                  "score_head=true", "model_name=sift-bright", "run_name=bright-run"]) == 0
+    client = use().MlflowClient()
+    m = client.get_run(client.get_model_version_by_alias("sift-bright", "candidate").run_id).data.metrics
+    assert m["test_score_n"] >= 10 and m["test_score_spearman"] >= 0.5, m
+    assert m["test_score_mae"] < 2.5  # on a 0-10 scale whose spread is ~2.5
+    model = str(sift_home / "runs" / "bright-run" / "model")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for k in (0.2, 0.5, 1.0):
+        Image.eval(_picture(0.1, np.random.default_rng(1)), lambda v, k=k: int(v * k)).save(probe / f"{k}.jpg")
+    capsys.readouterr()
+    assert classify_main(["--model", model, "--json", str(probe)]) == 0
+    got = {json.loads(x)["path"]: json.loads(x)["score"] for x in capsys.readouterr().out.splitlines()}
+    dim, mid, bright = (got[str(probe / f"{k}.jpg")] for k in (0.2, 0.5, 1.0))
+    assert dim < bright and 0 <= dim and bright <= 12, got
+    assert score_folder_main([str(probe), "--score", "--model", model, "--min", "0", "--max", "100"]) == 0
+    assert "3 of 3 files with score in" in capsys.readouterr().out
