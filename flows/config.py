@@ -209,12 +209,31 @@ class PreprocessConfig:
     min_side: int = knob(16, lo=1)
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
     video_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
-    # video
+    # video: "keyframes" = a thumbnail + scene keyframes; "sample" = frames on an even grid (frames
+    # from folder videos, e.g. an indoor/outdoor task), from video_start_s, every 1/video_fps s or
+    # every video_every_n_frames frames, at most video_max_frames (spread over the whole video)
+    video_mode: str = knob("keyframes", choices=("keyframes", "sample"))
+    video_start_s: float = knob(0.0, lo=0.0, help="sample mode: skip this much (an intro)")
+    video_fps: float = knob(1.0, lo=0.0, hi=240.0, help="sample mode: frames per second (0: use every_n)")
+    video_every_n_frames: int = knob(0, lo=0, help="sample mode: every Nth frame instead of video_fps")
+    video_max_frames: int = knob(32, lo=1, hi=100_000, help="sample mode: cap per video (sampled sparser)")
     video_keyframes: int = knob(8, lo=0, hi=256, help="keyframes at scene changes per video")
     scene_threshold: float = knob(0.3, lo=0.0, hi=1.0)
     max_video_seconds: float = knob(3600.0, lo=0.1)
     max_video_pixels: int = knob(3840 * 2160, lo=1)
     ffmpeg_timeout: float = knob(120.0, lo=1.0)
+    # manifest URLs: fetched by the guarded downloader (flows.fetch) into OUT/downloads/, resumable
+    user_agent: str = "sift-preprocess/0.1"
+    robots: bool = True
+    rate_limit_s: float = knob(0.25, lo=0.0, hi=600.0, help="min seconds between two requests to one host")
+    timeout_s: float = knob(15.0, lo=0.1, hi=600.0)
+    max_redirects: int = knob(5, lo=0, hi=50)
+    retries: int = knob(2, lo=0, hi=10)
+    backoff_s: float = knob(0.5, lo=0.0, hi=60.0)
+    allow_hosts: tuple[str, ...] = ()
+    allow_private: bool = False
+    download_threads: int = knob(8, lo=1, hi=256, help="downloads in flight")
+    max_download_bytes: int = knob(200_000_000, lo=1, help="cap of one URL's download (held in memory)")
     # span labels (manifest lines with start/end): frames sampled inside each span
     span_fps: float = knob(1.0, lo=0.01, hi=60.0, help="frames per second sampled inside a span")
     span_max_frames: int = knob(32, lo=1, hi=10_000, help="cap per span (sampled more sparsely)")
@@ -248,6 +267,8 @@ class PreprocessConfig:
             raise ValueError("min_quality must be <= max_quality")
         if self.min_actors > self.max_actors:
             raise ValueError("min_actors must be <= max_actors")
+        if self.video_mode == "sample" and not (self.video_fps > 0) == (self.video_every_n_frames == 0):
+            raise ValueError("video_mode=sample needs exactly one of video_fps > 0 or video_every_n_frames > 0")
         if self.val_frac + self.test_frac >= 1.0:
             raise ValueError("val_frac + test_frac must be < 1")
 

@@ -1,6 +1,6 @@
 """Turn an input (a labeled folder tree or a JSONL manifest) into a list of work items.
 
-A work item is a small dict (no pixels): ``path, label, label_name, pool, group, source, score``,
+A work item is a small dict (no pixels): ``path, label, label_name, pool, group, source, score, tags``,
 plus ``spans`` (JSON text, empty for plain items) and ``whole`` (whether the file itself is an input,
 not only spans of it): see ``flows.spans``. Malformed manifest lines are not fatal: they become items
 carrying a ``reject`` reason, so they end up in ``rejects`` like any other bad input.
@@ -31,12 +31,29 @@ def label_of(name: str | None, classes: tuple[str, ...], noisy: set[str]) -> tup
     return i, classes[i], NOISY if classes[i] in noisy else CLEAN
 
 
+MAX_TAG_CHARS = 64
+
+
+def parse_tags(value) -> str:
+    """A manifest line's ``tags`` (a list of names) -> canonical JSON text: sorted, distinct,
+    lower-cased. ValueError for anything else. ``""`` (no ``tags`` key) means "not annotated",
+    ``"[]"`` means "annotated: none of the tags"."""
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise ValueError(f"tags must be a list of names, got {value!r}"[:200])
+    tags = sorted({t.strip().lower() for t in value})
+    if any(len(t) > MAX_TAG_CHARS for t in tags) or any(t == UNLABELED for t in tags):
+        raise ValueError(f"a tag is longer than {MAX_TAG_CHARS} characters or reserved")
+    return json.dumps(tags)
+
+
 def _item(path: str, label: tuple[int, str, str], source: str, group: str = "",
-          score: float = math.nan, reject: str = "", detail: str = "") -> dict:
+          score: float = math.nan, reject: str = "", detail: str = "", tags: str = "", url: str = "") -> dict:
+    """A work item. ``url``: the item is that URL, fetched into ``local`` by ``flows.download``
+    before processing (``path`` stays the URL, so the output says where the item came from)."""
     idx, name, pool = label
     return {"path": path, "label": idx, "label_name": name, "pool": pool, "group": group,
-            "source": source, "score": float(score), "reject": reject, "detail": detail,
-            "spans": "", "whole": True}
+            "source": source, "score": float(score), "tags": tags, "reject": reject, "detail": detail,
+            "spans": "", "whole": True, "url": url, "local": ""}
 
 
 def _hidden(p: Path, root: Path) -> bool:
@@ -72,7 +89,7 @@ def scan_folder(root: Path, classes: tuple[str, ...], noisy: set[str]) -> list[d
 
 def read_manifest(path: Path, classes: tuple[str, ...], noisy: set[str]) -> list[dict]:
     """Items of a JSONL manifest: ``path`` or ``url``, optional ``label``, ``group``, ``source``, ``score``,
-    and ``start``/``end`` (s) for a span of a video labeled ``label`` (see ``flows.spans``).
+    ``tags`` (a list of names, multi-label, beside the class) and ``start``/``end`` (s) for a span of a video labeled ``label`` (see ``flows.spans``).
 
     Relative paths are relative to the manifest's folder. A line that cannot be used becomes an
     item with ``reject`` set (``bad_manifest_line``, ``bad_span``) rather than stopping the job.
@@ -110,16 +127,21 @@ def read_manifest(path: Path, classes: tuple[str, ...], noisy: set[str]) -> list
                 items.append(_item(str(target), label, where, reject="bad_manifest_line",
                                    detail=f"score {score!r} is not a number"))
                 continue
+            try:
+                tags = parse_tags(rec["tags"]) if "tags" in rec else ""
+            except ValueError as exc:
+                items.append(_item(str(target), label, where, reject="bad_manifest_line", detail=str(exc)))
+                continue
             source = str(rec.get("source") or "")
             if "url" in rec and not rec.get("path"):
-                items.append(_item(str(target), label, source or where, score=score,
-                                   reject="url_not_fetched", detail=str(target)))
+                items.append(_item(str(target), label, source or where, group=str(rec.get("group") or source),
+                                   score=score, tags=tags, url=str(target)))
                 continue
             p = Path(str(target)).expanduser()
             p = p if p.is_absolute() else base / p
             # items of one source page share a split: the page is their default group
             group = str(rec.get("group") or source or "")
-            item = _item(str(p), label, source or str(path), group=group, score=score)
+            item = _item(str(p), label, source or str(path), group=group, score=score, tags=tags)
             items.append(span_item(item, rec, where) if has_span(rec) else item)
     return group_spans(items)
 

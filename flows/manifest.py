@@ -5,6 +5,7 @@ single-process baseline in ``bench/preprocess.py``.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -71,6 +72,17 @@ def pool_timeline(meta: pd.DataFrame, step: float = 0.5) -> dict:
             "batches_per_actor": {str(k): int(v) for k, v in batches.items()}}
 
 
+def tag_counts(kept: pd.DataFrame) -> dict:
+    """``tags``: the tag set (sorted), ``tagged``: rows annotated with tags, ``by_tag``: rows per tag."""
+    col = kept["tags"].fillna("") if "tags" in kept else pd.Series([], dtype=str)
+    lists = [json.loads(t) for t in col if t]
+    by_tag: dict[str, int] = {}
+    for tags in lists:
+        for t in tags:
+            by_tag[t] = by_tag.get(t, 0) + 1
+    return {"tags": sorted(by_tag), "tagged": len(lists), "by_tag": dict(sorted(by_tag.items()))}
+
+
 def _counts(series: pd.Series) -> dict:
     return {str(k): int(v) for k, v in series.value_counts().sort_index().items()}
 
@@ -91,6 +103,7 @@ def build_manifest(meta: pd.DataFrame, keep: dict, rejects: pd.DataFrame, dups: 
         "entries": int(n_entries),  # files and manifest lines read
         "rows": int(len(kept)),
         "scored": int(kept["score"].notna().sum()) if "score" in kept else 0,  # rows with a score target
+        **tag_counts(kept),
         "by_class": _counts(kept["label_name"]),
         "by_split": _counts(kept["split"]),
         "by_kind": _counts(kept["kind"]),

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from . import labelset
+from . import download, labelset
 from .config import flat, load_preprocess
 from .ingest import discover
 from .manifest import build_manifest, decide
@@ -39,7 +39,7 @@ from .spans import count_entries
 # 2000 rows (~95 MB of images): the driver's peak grew 433 -> 885 MiB from 1000 to 4000 images.
 STAGING_ROWS = 256
 
-META_COLUMNS = ["id", "group_id", "kind", "label", "label_name", "pool", "score", "source", "path",
+META_COLUMNS = ["id", "group_id", "kind", "label", "label_name", "pool", "score", "tags", "source", "path",
                 "sha256", "phash", "reject_reason", "reject_detail", "worker", "t_start", "t_end"]
 
 
@@ -103,8 +103,9 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
     if dropped := labelset.dropped_defaults(given, cfg):
         print(f"[preprocess] default noisy pool(s) {dropped} left out: not among the classes {list(cfg.classes)}",
               flush=True)
-    init_ray(num_cpus)
     out = Path(out).resolve()
+    downloads = download.fetch_items(items, out / "downloads", cfg)  # manifest URLs, resumable
+    init_ray(num_cpus)
     staging, data = out / "_staging", out / "data"
     for d in (staging, data):
         shutil.rmtree(d, ignore_errors=True)
@@ -135,6 +136,7 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
                               timings={"process_s": t1 - t0, "finalize_s": t2 - t1, "total_s": t2 - t0})
     manifest["input"], manifest["output"], manifest["config"] = str(inp), str(out), flat(cfg)
     manifest["label_set"] = {"from": "classes=" if given.classes else "data", "dropped_defaults": dropped}
+    manifest["downloads"] = downloads
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
     shutil.rmtree(staging, ignore_errors=True)
     return manifest

@@ -6,6 +6,7 @@ benchmark baseline calls, and what the tests call. It never raises for a bad ite
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from typing import Iterable
@@ -14,6 +15,7 @@ import pyarrow as pa
 from PIL import Image
 
 from . import images, spans, video
+from .video_sample import sample_frames
 from .config import PreprocessConfig
 from .schema import FRAME, IMAGE, THUMBNAIL
 from .validate import Reject, check, read_head, read_limited, sha256_file
@@ -21,7 +23,7 @@ from .validate import Reject, check, read_head, read_limited, sha256_file
 # staging schema: the output columns plus bookkeeping (reject info; which actor did it, when)
 STAGING_SCHEMA = pa.schema([
     ("id", pa.string()), ("group_id", pa.string()), ("kind", pa.string()), ("label", pa.int32()),
-    ("label_name", pa.string()), ("pool", pa.string()), ("score", pa.float64()),
+    ("label_name", pa.string()), ("pool", pa.string()), ("score", pa.float64()), ("tags", pa.string()),
     ("source", pa.string()), ("path", pa.string()), ("timestamp", pa.float64()),
     ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int32()), ("quality", pa.int32()),
     ("sha256", pa.string()), ("phash", pa.string()), ("image", pa.binary()),
@@ -34,7 +36,7 @@ _EMPTY = {"timestamp": math.nan, "width": 0, "height": 0, "bytes": 0, "quality":
 
 def _base(item: dict) -> dict:
     return {"label": int(item["label"]), "label_name": item["label_name"], "pool": item["pool"],
-            "score": float(item.get("score", math.nan)), "source": item["source"],
+            "score": float(item.get("score", math.nan)), "tags": item.get("tags") or "", "source": item["source"],
             "path": item["path"]}
 
 
@@ -60,13 +62,40 @@ def _frame_row(item: dict, sha: str, group: str, fr: video.Frame, kind: str, cfg
             "group_id": group, "kind": kind, "sha256": sha, "timestamp": float(fr.timestamp)}
 
 
-def process_video(path: str, sha: str, item: dict, cfg: PreprocessConfig) -> list[dict]:
-    """Thumbnail + keyframes, each stored like an image; all share the video's group."""
+def sample_video(path: str, cfg: PreprocessConfig) -> list[video.Frame]:
+    """``video_mode=sample``: frames from ``video_start_s`` on an even grid of ``video_fps`` (or the
+    video's own rate / ``video_every_n_frames``), lowered so at most ``video_max_frames`` cover the
+    rest of the video (the span sampler's rule). VideoError when it cannot be decoded or the start
+    is past the end."""
+    info = video.probe(path, timeout=min(20.0, cfg.ffmpeg_timeout))
+    video.check_limits(info, cfg.max_video_seconds, cfg.max_video_pixels)
+    length = info.duration - cfg.video_start_s
+    if not length > 0:
+        raise video.VideoError("video_error", f"video_start_s={cfg.video_start_s:g} is past the end "
+                                              f"({info.duration:.2f} s)")
+    if cfg.video_every_n_frames and not info.fps > 0:
+        raise video.VideoError("video_error", "video_every_n_frames: the video's frame rate is unknown")
+    fps = cfg.video_fps or info.fps / cfg.video_every_n_frames
+    frames = sample_frames(path, fps=spans.span_rate(length, fps, cfg.video_max_frames), short_edge=cfg.short_edge,
+                           start=cfg.video_start_s, timeout=cfg.ffmpeg_timeout,
+                           max_seconds=cfg.max_video_seconds, max_pixels=cfg.max_video_pixels)
     try:
-        frames = video.extract_keyframes(
-            path, short_edge=cfg.short_edge, k=cfg.video_keyframes, scene_threshold=cfg.scene_threshold,
-            timeout=cfg.ffmpeg_timeout, max_seconds=cfg.max_video_seconds,
-            max_pixels=cfg.max_video_pixels)
+        return list(itertools.islice(frames, cfg.video_max_frames))
+    finally:
+        frames.close()  # kills ffmpeg if the cap stopped us early
+
+
+def process_video(path: str, sha: str, item: dict, cfg: PreprocessConfig) -> list[dict]:
+    """Thumbnail + keyframes (or, ``video_mode=sample``, frames on a grid), each stored like an
+    image; all share the video's group."""
+    try:
+        if cfg.video_mode == "sample":
+            frames = sample_video(path, cfg)
+        else:
+            frames = video.extract_keyframes(
+                path, short_edge=cfg.short_edge, k=cfg.video_keyframes, scene_threshold=cfg.scene_threshold,
+                timeout=cfg.ffmpeg_timeout, max_seconds=cfg.max_video_seconds,
+                max_pixels=cfg.max_video_pixels)
     except video.VideoError as exc:
         raise Reject(exc.reason, exc.detail) from None
     group = item["group"] or sha
@@ -125,7 +154,8 @@ def process_item(item: dict, cfg: PreprocessConfig) -> list[dict]:
     raises. Spans on an image are rejected (``bad_span``); the image itself is still used."""
     if item.get("reject"):
         return [reject_row(item, item["reject"], item.get("detail", ""))]
-    path, whole, has_spans = item["path"], item.get("whole", True), bool(item.get("spans"))
+    # a fetched URL is read from its downloaded file; its rows keep the URL as their path
+    path, whole, has_spans = item.get("local") or item["path"], item.get("whole", True), bool(item.get("spans"))
     try:
         head, size = read_head(path)
         what = check(head, size, max_bytes=cfg.max_bytes, image_formats=cfg.image_formats,

@@ -136,8 +136,8 @@ class Scorer:
         """(probs (M, C), predicted score (M,), NaN without a score head)."""
         from PIL import Image
 
-        logits, score = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=self.tiles)
-        return self.model.probs(logits), score if score is not None else np.full(len(logits), np.nan)
+        o = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=self.tiles)
+        return self.model.probs(o.logits), o.score if o.score is not None else np.full(len(o.logits), np.nan)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         prep = prepare_batch(table, self.source, self.limits, self.model.input_edge(self.tiles))

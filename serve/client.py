@@ -132,6 +132,7 @@ def classify_main(argv=None) -> int:
         else:
             probs = "  ".join(f"{c}={p:.2f}" for c, p in r["probs"].items())
             extra = f"  score={r['score']:.3f}" if "score" in r else ""
+            extra += f"  tags={','.join(r['tags']) or '-'}" if "tags" in r else ""
             extra += f"  ({len(r['segments'])} segments)" if "segments" in r else ""
             print(f"{str(f):60s} {r['label']:10s} {probs}{extra}", flush=True)
     return 1 if failed == len(files) and files else 0

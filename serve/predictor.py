@@ -138,21 +138,18 @@ class Predictor:
         """Prepared images -> per item {label, probs, thresholds, model, version} (+ score with a
         score head)."""
         t0 = time.perf_counter()
-        logits, score = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=tiles, tile_agg=tile_agg)
-        probs = self.model.probs(logits)
-        return self.format(probs, latency_ms=(time.perf_counter() - t0) * 1000, scores=score)
+        o = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=tiles, tile_agg=tile_agg)
+        return self.model.add_heads(self.format(self.model.probs(o.logits),
+                                                latency_ms=(time.perf_counter() - t0) * 1000), o)
 
-    def format(self, probs: np.ndarray, latency_ms: float = 0.0, scores: np.ndarray | None = None) -> list[dict]:
+    def format(self, probs: np.ndarray, latency_ms: float = 0.0) -> list[dict]:
         from train.metrics import predict_with_thresholds
 
         pred = predict_with_thresholds(probs, self.model.thresholds) if len(probs) else []
         thresholds = dict(zip(self.classes, map(float, self.model.thresholds)))
-        out = [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
-                "thresholds": thresholds, "model": self.name, "version": self.version,
-                "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
-        for o, s in zip(out, scores if scores is not None else []):
-            o["score"] = float(s)
-        return out
+        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
+                 "thresholds": thresholds, "model": self.name, "version": self.version,
+                 "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
 
     def video_summary(self, times: list[float], kinds: list[str], probs: np.ndarray, duration: float,
                       how: str = "max", window: int = 3, scores: list[float] | None = None) -> dict:

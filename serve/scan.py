@@ -39,7 +39,7 @@ from .batch import RAW, SCORE, check_budget, prob_column, score, stream
 from .batch_config import ScanConfig, load_scan
 from .scan_decode import decode_task
 from .scan_plan import keyframe_times, lead_for, plan_chunks
-from .scan_timeline import build, plot, write_csv, write_json
+from .scan_timeline import build, plot, span_lines, write_csv, write_json
 
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv")
 _IMAGES = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "ICO", "HEIF")
@@ -196,6 +196,19 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in inputs if a not in over], over
 
 
+def export_spans(summary: dict, path: Path) -> int:
+    """The segments of every scanned video as span lines (``scan_timeline.span_lines``) in one JSONL;
+    returns how many. Written whole to a temporary name, then renamed."""
+    source = f"sift scan {summary['model']['name']}@{summary['model']['version']}"
+    lines = [line for v in summary["videos"]
+             for line in span_lines(json.loads(Path(v["timeline"]).read_text()), source)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tmp.replace(path)
+    return len(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift scan", description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="+", metavar="VIDEO|key=value",
@@ -205,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fps", type=float, help="sampled frames per second (default 2)")
     ap.add_argument("--reel", metavar="LABEL", help="also cut the segments of this label into DIR/<stem>.reel.mp4")
     ap.add_argument("--no-overlay", action="store_true", help="reel without the label/score text")
+    ap.add_argument("--export-spans", metavar="FILE.jsonl",
+                    help="also write every segment as a span line that `sift preprocess` reads as labels")
     ap.add_argument("--config", help="YAML overriding serve/configs/scan.yaml")
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     args = ap.parse_intermixed_args(argv)
@@ -214,6 +229,8 @@ def main(argv=None) -> int:
                   overlay=not args.no_overlay, num_cpus=args.num_cpus)
     print(f"[scan] {len(summary['videos'])} scanned, {len(summary['errors'])} failed "
           f"in {summary['wall_s']:.1f} s -> {Path(args.output) / 'scan.json'}")
+    if args.export_spans:
+        print(f"[scan] {export_spans(summary, Path(args.export_spans))} span lines -> {args.export_spans}")
     return 0 if summary["videos"] or not videos else 1
 
 

@@ -81,6 +81,16 @@ def build(t, score, grid, probs, *, classes: list[str], thresholds, duration: fl
     return {"cuts": [round(c, 4) for c in cuts], "frames": frames, "segments": segs}
 
 
+def span_lines(timeline: dict, source: str = "sift scan") -> list[dict]:
+    """A timeline's segments as manifest span lines (``flows.spans``: path, start, end, label), the
+    segment's mean smoothed probability as ``confidence``: what ``sift preprocess`` reads back as
+    labeled spans, so reviewed or corrected scan results become training data."""
+    video = str(Path(timeline["video"]).resolve())
+    return [{"path": video, "start": s["start"], "end": s["end"], "label": s["label"],
+             "confidence": s["score"], "source": source}
+            for s in timeline["segments"] if s["end"] > s["start"]]
+
+
 def write_json(path: Path, timeline: dict) -> Path:
     path = Path(path)
     path.write_text(json.dumps(timeline, indent=1))

@@ -17,6 +17,7 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,16 +26,25 @@ from PIL import Image
 from flows.images import open_image, resize_short
 
 from .metrics import predict_with_thresholds
-from .model import Classifier, Head
+from .model import Classifier, Head, HeadOutput
 from .transforms import Preproc, center_crop, five_crops, normalize, square, tile_edge, to_uint8_batch
 
 META = "sift_model.json"
 
 
+class Outputs(NamedTuple):
+    """A batch's outputs in numpy: logits (N, C), score (N,) in the targets' units or None, tag
+    probabilities (N, T) or None."""
+    logits: np.ndarray
+    score: np.ndarray | None
+    tags: np.ndarray | None
+
+
 def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, short_edge: int,
          classes: list[str], thresholds: list[float], temperature: float, faces: dict | None,
          run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float,
-         decision: dict | None = None, score_range: tuple[float, float] | None = None) -> Path:
+         decision: dict | None = None, score_range: tuple[float, float] | None = None,
+         tags: list[str] = (), tag_thresholds: list[float] = ()) -> Path:
     """Write the artifact directory (replacing ``out``)."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -55,6 +65,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         "temperature": float(temperature), "faces": face_meta, "n_face": model.n_face,
         "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
         "score_range": list(score_range) if score_range else None,
+        "tags": list(tags), "tag_thresholds": [float(t) for t in tag_thresholds],
         "run_id": run_id, "metrics": metrics or {},
     }
     (out / META).write_text(json.dumps(meta, indent=2, default=float))
@@ -84,8 +95,10 @@ class SiftModel:
         # a score head's output in [0, 1] maps back to the training targets' range
         self.score_range = tuple(self.meta.get("score_range") or (0.0, 1.0)) if self.meta["score_head"] else None
         backbone = CLIPVisionModelWithProjection.from_pretrained(self.path / "backbone")
+        self.tags = list(self.meta.get("tags") or [])
+        self.tag_thresholds = np.asarray(self.meta.get("tag_thresholds") or [0.5] * len(self.tags), np.float64)
         self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
-                                self.meta["dropout"], self.meta["score_head"])
+                                self.meta["dropout"], self.meta["score_head"], len(self.tags))
         self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu"))
         self.device = device
         self.model.to(device).eval()
@@ -123,12 +136,14 @@ class SiftModel:
         return self.outputs(images, tiles, tile_agg)[0]
 
     @torch.no_grad()
-    def outputs(self, images: list[Image.Image], tiles: int = 1,
-                tile_agg: str = "mean") -> tuple[np.ndarray, np.ndarray | None]:
-        """Prepared RGB images -> (raw logits (N, C), score (N,) in the training targets' units, or
-        None without a score head). Five tiles: logits averaged (or maxed), scores averaged."""
+    def outputs(self, images: list[Image.Image], tiles: int = 1, tile_agg: str = "mean") -> Outputs:
+        """Prepared RGB images -> Outputs(raw logits (N, C), score (N,) in the training targets' units
+        or None without a score head, tag probabilities (N, T) or None without tags). Five tiles:
+        logits averaged (or maxed), scores averaged, tag probabilities maxed (a tag seen in any tile)."""
         if not images:
-            return np.zeros((0, len(self.classes)), np.float32), (np.zeros(0) if self.score_range else None)
+            return Outputs(np.zeros((0, len(self.classes)), np.float32),
+                           np.zeros(0) if self.score_range else None,
+                           np.zeros((0, len(self.tags))) if self.tags else None)
         face = self._faces(images)
         if tiles == 5:
             sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
@@ -136,21 +151,30 @@ class SiftModel:
         else:
             sq = np.stack([square(im, self.preproc.size) for im in images])
         x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
-        logits, score = self.forward(x, torch.from_numpy(face).to(self.device))
-        out = logits.float().cpu().numpy()
-        score = score.float().cpu().numpy().astype(np.float64) if score is not None else None
+        raw = self.forward(x, torch.from_numpy(face).to(self.device))
+        out = raw.logits.float().cpu().numpy()
+        score = raw.score.float().cpu().numpy().astype(np.float64) if raw.score is not None else None
+        tags = torch.sigmoid(raw.tags).float().cpu().numpy().astype(np.float64) if raw.tags is not None else None
         if tiles == 5:
             out = out.reshape(len(images), 5, -1)
             out = out.max(axis=1) if tile_agg == "max" else out.mean(axis=1)
             score = score.reshape(len(images), 5).mean(axis=1) if score is not None else None
+            tags = tags.reshape(len(images), 5, -1).max(axis=1) if tags is not None else None
         if score is not None:
             lo, hi = self.score_range or (0.0, 1.0)
             score = lo + score * (hi - lo)
-        return out, score
+        return Outputs(out, score, tags)
 
-    def forward(self, x: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model input (N,3,S,S) + face features (N,F) -> (logits (N,C), score (N,) in [0, 1] or None),
-        no gradients.
+    def tag_lists(self, tag_probs: np.ndarray | None) -> list[list[str]]:
+        """(N, T) tag probabilities -> per item the tags at or above their thresholds."""
+        if tag_probs is None:
+            return []
+        on = tag_probs >= self.tag_thresholds
+        return [[t for t, hit in zip(self.tags, row) if hit] for row in on]
+
+    def forward(self, x: torch.Tensor, face: torch.Tensor) -> HeadOutput:
+        """Model input (N,3,S,S) + face features (N,F) -> HeadOutput (logits (N,C), score (N,) in
+        [0, 1] or None, tag logits (N,T) or None), no gradients.
 
         On CPU with several ``workers`` the batch runs as chunks, each on a single-threaded worker,
         instead of one forward with torch's intra-op threads. Why: intra-op parallelism splits every
@@ -171,8 +195,7 @@ class SiftModel:
 
         n = min(len(x), 2 * self.workers)
         parts = list(self.pool.map(run, zip(x.tensor_split(n), face.tensor_split(n))))
-        score = torch.cat([s for _, s in parts]) if parts[0][1] is not None else None
-        return torch.cat([z for z, _ in parts]), score
+        return HeadOutput(*(torch.cat(f) if f[0] is not None else None for f in zip(*parts)))
 
     def _faces(self, images: list[Image.Image]) -> np.ndarray:
         if self.detector is None:
@@ -188,14 +211,21 @@ class SiftModel:
     def predict(self, items: list, tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
         """Items (bytes, PIL or arrays) -> per item ``{label, probs{class: p}}`` (+ ``score`` with a
         score head)."""
-        logits, score = self.outputs([self.prepare(i, tiles=tiles) for i in items], tiles, tile_agg)
-        p = self.probs(logits)
+        o = self.outputs([self.prepare(i, tiles=tiles) for i in items], tiles, tile_agg)
+        p = self.probs(o.logits)
         pred = predict_with_thresholds(p, self.thresholds) if len(p) else []
         out = [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row)))}
                for k, row in zip(pred, p)]
-        for o, s in zip(out, score if score is not None else []):
-            o["score"] = float(s)
+        self.add_heads(out, o)
         return out
+
+    def add_heads(self, results: list[dict], o: "Outputs") -> list[dict]:
+        """Put the score head's ``score`` and the tag head's ``tags`` / ``tag_probs`` on each result."""
+        for r, s in zip(results, o.score if o.score is not None else []):
+            r["score"] = float(s)
+        for r, row, on in zip(results, o.tags if o.tags is not None else [], self.tag_lists(o.tags)):
+            r["tags"], r["tag_probs"] = on, dict(zip(self.tags, map(float, row)))
+        return results
 
 
 def jpeg_bytes(img: Image.Image) -> bytes:

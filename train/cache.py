@@ -19,7 +19,7 @@ import torch
 from .augment import augment
 from .transforms import Preproc, center_crop, decode, normalize, to_uint8_batch
 
-KEEP = ["id", "group_id", "kind", "label", "pool", "score", "split", "path", "image"]
+KEEP = ["id", "group_id", "kind", "label", "pool", "score", "tags", "split", "path", "image"]
 
 
 class Embedder:
@@ -98,7 +98,12 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
         print(f"[cache] reusing {out}", flush=True)
         return out
     print(f"[cache] embedding {data_dir} with {backbone_dir} ({views} views) -> {out}", flush=True)
-    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=KEEP, num_cpus=io_cpus)
+    import pyarrow.dataset as pads
+
+    have = set(pads.dataset(str(Path(data_dir) / "data"), format="parquet").schema.names)
+    # an older preprocess output has no tags column: read what is there
+    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=[c for c in KEEP if c in have],
+                               num_cpus=io_cpus)
     ds = ds.map_batches(
         Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed),
         batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,

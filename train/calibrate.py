@@ -157,6 +157,32 @@ def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.
     return (t / t.sum()).tolist()
 
 
+def tag_thresholds(probs, targets) -> list[float]:
+    """Per-tag thresholds (T values in (0, 1]): tag t is predicted when P(t) >= thresholds[t].
+
+    probs, targets (N, T) (targets 0/1). Each tag's threshold maximises its validation F1 over every
+    distinct score (the exact sweep), placed halfway to the next lower score; 0.5 for a tag with no
+    positive item, and among equally good thresholds the one closest to 0.5.
+    """
+    probs, targets = _numpy(probs, np.float64), _numpy(targets, np.float64) > 0.5
+    out = []
+    for t in range(probs.shape[1]):
+        s, pos = probs[:, t], targets[:, t]
+        if not pos.any():
+            out.append(0.5)
+            continue
+        order = np.argsort(-s, kind="stable")
+        s, pos = s[order], pos[order]
+        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+        tp, fp = np.cumsum(pos)[ends].astype(float), np.cumsum(~pos)[ends].astype(float)
+        f1 = 2 * tp / (2 * tp + fp + (pos.sum() - tp))
+        lo = np.r_[s[ends[:-1] + 1], -np.inf]
+        taus = np.array([_tau_from_interval(a, b) for a, b in zip(lo, s[ends])])
+        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+        out.append(float(min(max(taus[best[np.argmin(np.abs(taus[best] - 0.5))]], _TINY), 1.0)))
+    return out
+
+
 def choose_thresholds(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
                       max_rate: float = 0.05) -> list[float]:
     """Per-class thresholds (C values in (0, 1]) for ``metrics.predict_with_thresholds``.

@@ -23,6 +23,8 @@ class TrainConfig:
     hidden: int = knob(1024, lo=8, hi=16384)
     dropout: float = knob(0.1, lo=0.0, hi=0.9)
     score_head: bool = False
+    tag_head: bool = knob(True, help="train a multi-label tag head when the data has tags")
+    tag_weight: float = knob(1.0, lo=0.0, hi=100.0, help="weight of the tag loss")
     # schedule
     epochs: int = knob(10, lo=1, hi=10_000)
     steps_per_epoch: int = knob(0, lo=0, help="0: one pass over the labeled pool")

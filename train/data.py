@@ -7,6 +7,8 @@ they get independent random crops, flips and colour jitter.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -15,7 +17,23 @@ from .loop import POOL_CODES
 from .transforms import Preproc, center_crop, decode, normalize, to_uint8_batch
 
 
-def to_tensors(nb: dict, mode: str, p: Preproc, n_face: int, relabel: dict | None = None) -> dict:
+def tag_targets(values, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``tags`` column (JSON lists, '' = not annotated) -> (multi-hot (B, T) float32, annotated (B,)
+    bool). Tags outside ``tags`` (the run's tag set) are ignored."""
+    index = {t: i for i, t in enumerate(tags)}
+    hot = np.zeros((len(values), len(tags)), np.float32)
+    annotated = np.zeros(len(values), bool)
+    for i, v in enumerate(values):
+        if v:
+            annotated[i] = True
+            for t in json.loads(v):
+                if t in index:
+                    hot[i, index[t]] = 1.0
+    return hot, annotated
+
+
+def to_tensors(nb: dict, mode: str, p: Preproc, n_face: int, relabel: dict | None = None,
+               tags: list[str] = ()) -> dict:
     """numpy batch (columns of the cache) -> tensor batch. ``mode``: "cache" or "pixels"."""
     if mode == "cache":
         x = torch.from_numpy(np.ascontiguousarray(np.stack(list(nb["emb"])), dtype=np.float32))
@@ -29,8 +47,10 @@ def to_tensors(nb: dict, mode: str, p: Preproc, n_face: int, relabel: dict | Non
             if str(path) in relabel:
                 label[i], pool[i] = relabel[str(path)], 0
     score = np.asarray(nb["score"], dtype=np.float32) if "score" in nb else np.full(len(label), np.nan, np.float32)
+    hot, annotated = tag_targets(list(nb["tags"]) if "tags" in nb else [""] * len(label), list(tags))
     return {"x": x, "face": torch.from_numpy(face), "label": torch.from_numpy(label),
-            "pool": torch.from_numpy(pool), "score": torch.from_numpy(score)}
+            "pool": torch.from_numpy(pool), "score": torch.from_numpy(score),
+            "tags": torch.from_numpy(hot), "tagged": torch.from_numpy(annotated)}
 
 
 class CacheView:

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import ray.train
 
-from . import artifact, calibrate, metrics, plots, predictions, tracking
+from . import artifact, calibrate, metrics, noisy, plots, predictions, tracking
 from .data import PixelView
 from .loop import predict_outputs
 from .worker import _iter
 
 
-def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(logits, labels) of the labeled items of split ``name``, and its score metrics (empty without
-    a score head), the predicted score mapped back to the targets' units."""
+def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray]:
+    """(logits, labels) of the labeled items of split ``name``, its score metrics (empty without
+    a score head; the predicted score mapped back to the targets' units), (tag probabilities, tag
+    targets) of its items annotated with tags (None without tags), and the labeled items' pool codes."""
     shard = ray.train.get_dataset_shard(name)
     out = predict_outputs(model, _iter(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
                           PixelView(ctx["preproc"]))
@@ -25,13 +26,28 @@ def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict]:
     if ctx["cfg"].score_head:
         lo, hi = ctx["score_range"]
         scores = metrics.score_metrics(lo + out["score"] * (hi - lo), out["score_target"])
-    return out["logits"][keep], out["label"][keep].astype(np.int64), scores
+    tagged = out["tagged"].astype(bool) if len(out["tagged"]) else np.zeros(0, bool)
+    tags = (1.0 / (1.0 + np.exp(-out["tag_logits"][tagged])), out["tags"][tagged]) if ctx["tags"] else None
+    return out["logits"][keep], out["label"][keep].astype(np.int64), scores, tags, out["pool"][keep]
 
 
 def _example_jpeg(ctx) -> bytes:
     for nb in ray.train.get_dataset_shard("val").iter_batches(batch_size=1, batch_format="numpy"):
         return bytes(nb["image"][0])
     raise RuntimeError("the val split is empty: nothing to calibrate on")
+
+
+def pool_mixes(probs, y, pool, classes: list[str], priors: dict) -> dict[str, dict]:
+    """{noisy pool class: ``noisy.estimate``} from held-out calibrated ``probs`` (N, C), labels ``y``
+    and pool codes (0 clean, 1 noisy); pools without a held-out item are left out."""
+    clean = pool == 0
+    out = {}
+    for k, prior in priors.items():
+        members = (pool == 1) & (y == k)
+        if members.any():
+            out[classes[k]] = noisy.estimate(probs[members], probs[clean], y[clean], classes,
+                                             [float(v) for v in prior])
+    return out
 
 
 def decision_rule(cfg) -> dict:
@@ -59,17 +75,30 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     best = state.get("best_state")
     if best:
         model.load_state_dict(best["weights"])
-    val_logits, val_y, val_scores = _outputs(model, "val", ctx)
+    val_logits, val_y, val_scores, val_tags, val_pool = _outputs(model, "val", ctx)
+    tag_t = calibrate.tag_thresholds(*val_tags) if val_tags is not None else []
     temperature = calibrate.fit_temperature(val_logits, val_y) if len(val_y) else 1.0
     val_p = calibrate.apply_temperature(val_logits, temperature)
     thresholds = calibrate.choose_thresholds(val_p, val_y, classes, positive=cfg.positive,
                                              negative=cfg.negative, max_rate=cfg.threshold_rate) \
         if len(val_y) else [1.0 / len(classes)] * len(classes)
-    test_logits, test_y, test_scores = _outputs(model, "test", ctx)
+    test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
     out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"],
                              **{f"test_{k}": v for k, v in test_scores.items()},
                              **{f"val_{k}": v for k, v in val_scores.items()}}
+    mixes = pool_mixes(np.concatenate([val_p, test_p]), np.r_[val_y, test_y], np.r_[val_pool, test_pool],
+                       classes, ctx["spec"].priors)
+    for pool, est in mixes.items():
+        out.update({f"noisy_{metrics.metric_name(pool)}_est_{metrics.metric_name(c)}": v
+                    for c, v in est["estimate"].items()})
+        out[f"noisy_{metrics.metric_name(pool)}_distance"] = est["distance"]
+        if est["suggestion"]:
+            print(f"[train] noisy pool {pool}: held-out predictions ({est['n']} items) say {est['estimate']}, "
+                  f"the prior says {est['prior']}; consider noisy_pools=\"{{{pool}: {est['suggestion']}}}\"",
+                  flush=True)
+    if test_tags is not None and len(test_tags[0]):
+        out.update({f"test_{k}": v for k, v in metrics.tag_metrics(*test_tags, tag_t, ctx["tags"]).items()})
     cm = None
     if len(test_y):
         m = metrics.evaluate(test_p, test_y, classes, positive=cfg.positive, negative=cfg.negative,
@@ -103,14 +132,18 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
-        decision=decision_rule(cfg), score_range=ctx["score_range"] if cfg.score_head else None)
+        decision=decision_rule(cfg), score_range=ctx["score_range"] if cfg.score_head else None,
+        tags=ctx["tags"], tag_thresholds=tag_t)
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])
         mlflow.log_metric(tracking.SELECTION, state["best"])
+        if mixes:  # each noisy pool's estimated mix beside the prior, with a suggestion when they differ
+            mlflow.log_dict(mixes, "noisy_pools.json")
         version = tracking.log_and_register(mlflow, art, cfg.model_name, classes, _example_jpeg(ctx))
         mlflow.end_run()
-    summary = {"run_id": run.info.run_id if run else "", "run_name": ctx["run_name"], "model": str(art),
+    summary = {"noisy_pools": mixes, "run_id": run.info.run_id if run else "", "run_name": ctx["run_name"],
+               "model": str(art),
                "model_name": cfg.model_name, "version": version, "thresholds": thresholds,
                "classes": classes, "metrics": out, "confusion_test": cm.tolist() if cm is not None else None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -6,6 +6,7 @@ A batch is a dict of tensors:
     label  (B,) int64, -1 for the unlabeled pool
     pool   (B,) int64: 0 clean, 1 noisy, 2 unlabeled
     score  (B,) float, NaN when absent
+    tags   (B, T) float multi-hot of the run's tags; tagged (B,) bool: the item is annotated with tags
 The ``View`` object turns a batch into model outputs for the student or the teacher: from the
 cache it picks different stored views (plus feature noise), from pixels it draws different
 augmentations. Everything else is the same for both phases.
@@ -43,6 +44,7 @@ class LossSpec:
     noisy_sharpen: float
     ema_decay: float
     score_range: tuple[float, float] = (0.0, 1.0)  # the score targets' (min, max) on train
+    tag_weight: float = 1.0  # weight of the multi-label tag loss
 
 
 def unit_score(score: torch.Tensor, score_range: tuple[float, float]) -> torch.Tensor:
@@ -99,12 +101,12 @@ def train_step(student, teacher, opt, batch: dict, view: Callable, spec: LossSpe
     teacher then moves by EMA over weights and buffers. Returns float losses for logging.
     """
     student.train()
-    s_logits, s_score = view(student, batch, "student", generator)
+    s_logits, s_score, s_tags = view(student, batch, "student", generator)
     t_logits = t_probs = None
     if spec.mean_teacher and teacher is not None:
         with torch.no_grad():
             teacher.train()  # dropout on: the teacher's noise is part of the method (sec. 2)
-            t_logits, _ = view(teacher, batch, "teacher", generator)
+            t_logits = view(teacher, batch, "teacher", generator)[0]
             t_probs = F.softmax(t_logits, dim=-1)
     l_clean, l_noisy = supervised_terms(s_logits, batch, spec, t_probs)
     l_cons = s_logits.sum() * 0.0
@@ -119,14 +121,19 @@ def train_step(student, teacher, opt, batch: dict, view: Callable, spec: LossSpe
         if has.any():
             target = unit_score(batch["score"][has].to(s_score.dtype), spec.score_range)
             l_score = F.mse_loss(s_score[has], target)
-    loss = l_clean + l_noisy + ramp * spec.consistency_weight * l_cons + l_score
+    l_tags = s_logits.sum() * 0.0
+    if s_tags is not None and batch["tagged"].any():
+        # independent sigmoids, mean over annotated items and tags (multi-label: no softmax)
+        on = batch["tagged"]
+        l_tags = F.binary_cross_entropy_with_logits(s_tags[on], batch["tags"][on].to(s_tags.dtype))
+    loss = l_clean + l_noisy + ramp * spec.consistency_weight * l_cons + l_score + spec.tag_weight * l_tags
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     if spec.mean_teacher and teacher is not None:
         ema_update(teacher, _unwrap(student), ema_decay(step, spec.ema_decay))
     parts = {"loss": loss, "loss_clean": l_clean, "loss_noisy": l_noisy, "loss_consistency": l_cons,
-             "loss_score": l_score}
+             "loss_score": l_score, "loss_tags": l_tags}
     return {**{k: float(v.detach()) for k, v in parts.items()}, "ramp": ramp}
 
 
@@ -137,17 +144,23 @@ def _unwrap(model):
 @torch.no_grad()
 def predict_outputs(model, batches: Iterable[dict], view: Callable) -> dict[str, np.ndarray]:
     """Eval-mode outputs over batches -> {"logits" (N,C), "label" (N,), "pool" (N,), "score" (N,)
-    predicted in [0, 1] (NaN without a score head), "score_target" (N,) (NaN where absent)}."""
+    predicted in [0, 1] (NaN without a score head), "score_target" (N,) (NaN where absent),
+    "tag_logits" (N,T), "tags" (N,T) targets, "tagged" (N,)} (T = 0 without tags)."""
     model.eval()
-    cols: dict[str, list] = {"logits": [], "label": [], "pool": [], "score": [], "score_target": []}
+    cols: dict[str, list] = {"logits": [], "label": [], "pool": [], "score": [], "score_target": [],
+                             "tag_logits": [], "tags": [], "tagged": []}
     for b in batches:
-        logits, score = view(model, b, "eval", None)
+        logits, score, tag_logits = view(model, b, "eval", None)
         cols["logits"].append(logits.float().cpu().numpy())
         cols["label"].append(b["label"].cpu().numpy())
         cols["pool"].append(b["pool"].cpu().numpy())
         cols["score"].append(score.float().cpu().numpy() if score is not None
                              else np.full(len(logits), np.nan, np.float32))
         cols["score_target"].append(b["score"].cpu().numpy())
+        cols["tags"].append(b["tags"].cpu().numpy())
+        cols["tagged"].append(b["tagged"].cpu().numpy())
+        cols["tag_logits"].append(tag_logits.float().cpu().numpy() if tag_logits is not None
+                                  else np.zeros((len(logits), 0), np.float32))
     if not cols["logits"]:
         return {"logits": np.zeros((0, 0), np.float32), **{k: np.zeros(0) for k in list(cols)[1:]}}
     return {k: np.concatenate(v) for k, v in cols.items()}

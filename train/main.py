@@ -34,7 +34,8 @@ def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]],
         priors={classes.index(k): torch.tensor(v, dtype=torch.float32) for k, v in priors.items()},
         mean_teacher=cfg.mean_teacher, consistency=cfg.consistency, consistency_weight=cfg.consistency_weight,
         rampup=cfg.consistency_rampup, confidence_threshold=cfg.confidence_threshold,
-        noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay, score_range=score_range)
+        noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay, score_range=score_range,
+        tag_weight=cfg.tag_weight)
 
 
 def read_data_manifest(data: Path) -> dict:
@@ -139,6 +140,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
            "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range), "relabel": relabel,
            "score_range": score_range, "corrections": used,
+           "tags": list(manifest.get("tags", [])) if cfg.tag_head else [],
            "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
            "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
            "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names), **counts}

@@ -174,6 +174,26 @@ def rival_share(probs, pos_idx: int) -> np.ndarray:
     return np.divide(p, den, out=np.full_like(p, 0.5), where=den > 0)
 
 
+def tag_metrics(probs, targets, thresholds: Sequence[float], tags: Sequence[str]) -> dict[str, float]:
+    """Multi-label metrics over annotated items: per tag f1 and ap (``tag_f1_<t>``, ``tag_ap_<t>``),
+    their means ``tag_macro_f1`` / ``tag_map``, and ``tag_n`` items. probs, targets (N, T)."""
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets) > 0.5
+    pred = probs >= np.asarray(thresholds, np.float64)
+    out: dict[str, float] = {"tag_n": float(len(probs))}
+    f1s, aps = [], []
+    for j, t in enumerate(tags):
+        tp = float((pred[:, j] & targets[:, j]).sum())
+        den = float(pred[:, j].sum() + targets[:, j].sum())
+        f1 = 2 * tp / den if den else 0.0
+        ap = average_precision(probs[:, j], targets[:, j])
+        out[f"tag_f1_{metric_name(t)}"], out[f"tag_ap_{metric_name(t)}"] = f1, ap
+        f1s.append(f1)
+        aps.append(ap)
+    out["tag_macro_f1"] = float(np.mean(f1s)) if f1s else math.nan
+    out["tag_map"] = float(np.nanmean(aps)) if aps and not all(math.isnan(a) for a in aps) else math.nan
+    return out
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 0..N-1 of x, ties sharing their average rank (as scipy's rankdata, minus one)."""
     r = np.empty(x.size)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -73,8 +74,17 @@ def load_backbone(path_or_id: str):
     return model, Preproc(size=crop + crop // 8, crop=crop, mean=mean, std=std)
 
 
+class HeadOutput(NamedTuple):
+    """What the head returns: logits (B, C) over the classes (one softmax), score (B,) in (0, 1) or
+    None, tags (B, T) independent sigmoid logits of the multi-label tags or None."""
+    logits: torch.Tensor
+    score: torch.Tensor | None
+    tags: torch.Tensor | None
+
+
 class Head(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.1, score_head: bool = False):
+    def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.1, score_head: bool = False,
+                 n_tags: int = 0):
         super().__init__()
         # Standardise each input feature with batch statistics (running ones at eval): CLIP
         # embeddings share a large common direction (mean cosine ~0.8 between unrelated images
@@ -89,9 +99,10 @@ class Head(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, n_classes)
         self.score = nn.Linear(hidden, 1) if score_head else None
+        self.tags = nn.Linear(hidden, n_tags) if n_tags else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, D+F) -> logits (B, C), score (B,) in (0, 1) or None.
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        """x (B, D+F) -> HeadOutput(logits (B, C), score (B,) in (0, 1) or None, tag logits (B, T) or None).
 
         The score is the regression target rescaled to [0, 1] by the training data's range (the
         artifact's ``score_range`` maps it back to the user's units).
@@ -100,24 +111,24 @@ class Head(nn.Module):
         h = self.norm(h + self.block(h))
         h = self.drop(h)
         score = torch.sigmoid(self.score(h)).squeeze(-1) if self.score is not None else None
-        return self.out(h), score
+        return HeadOutput(self.out(h), score, self.tags(h) if self.tags is not None else None)
 
 
 class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, n_classes: int, n_face: int, hidden: int = 1024,
-                 dropout: float = 0.1, score_head: bool = False):
+                 dropout: float = 0.1, score_head: bool = False, n_tags: int = 0):
         super().__init__()
         self.backbone = backbone
         self.embed_dim = int(backbone.config.projection_dim)
         self.n_face = n_face
-        self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head)
+        self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head, n_tags)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B,3,S,S) float -> L2-normalised embedding (B, D)."""
         return F.normalize(self.backbone(pixel_values=pixels).image_embeds, dim=-1)
 
     def from_embedding(self, z: torch.Tensor, face: torch.Tensor | None):
-        """Cached embedding (B,D) + face features (B,F) -> (logits, score). Head only."""
+        """Cached embedding (B,D) + face features (B,F) -> HeadOutput. Head only."""
         x = z if self.n_face == 0 else torch.cat([z, face.to(z.dtype)], dim=-1)
         return self.head(x)
 

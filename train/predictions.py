@@ -48,9 +48,9 @@ def compute(shard, student, teacher, phase: str, ctx: dict, batch_size: int = 25
     skip = {"image"} if mode == "cache" else set()
     for nb in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         nb = {k: v for k, v in nb.items() if k not in skip}
-        b = to_tensors(nb, mode, ctx["preproc"], ctx["n_face"])
+        b = to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], tags=ctx["tags"])
         for k, net in enumerate(nets):
-            logits, _ = view(net, b, "eval", None)
+            logits = view(net, b, "eval", None)[0]
             probs[k].append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         for k in META:
             cols[k].extend(nb[k].tolist())

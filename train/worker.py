@@ -43,7 +43,7 @@ def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool =
     for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
         if cols:
             nb = {k: nb[k] for k in cols if k in nb}
-        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel)
+        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel, ctx["tags"])
 
 
 def _optimizer(model: Classifier, cfg, backbone_params):
@@ -75,7 +75,8 @@ def train_loop_per_worker(ctx: dict) -> None:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     backbone, _ = load_backbone(ctx["backbone_dir"])
-    model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head)
+    model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head,
+                       len(ctx["tags"]))
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
     opt = _optimizer(model, cfg, [])

@@ -50,7 +50,7 @@ def test_manifest_lines_good_and_bad(tmp_path):
     a, b, url, badlabel, nopath, notjson = items
     assert a["path"] == str(tmp_path / "img" / "a.jpg") and a["group"] == "g1" and a["score"] == 0.7
     assert b["group"] == "https://x/page" and b["label"] == -1 and math.isnan(b["score"])
-    assert url["reject"] == "url_not_fetched"
+    assert (url["url"], url["path"], url["local"], url["reject"]) == ("https://x/b.jpg", "https://x/b.jpg", "", "")
     assert badlabel["reject"] == "bad_manifest_line" and "MAYBE" in badlabel["detail"]
     assert nopath["reject"] == notjson["reject"] == "bad_manifest_line"
 
@@ -67,3 +67,15 @@ def test_label_of_custom_label_set():
     assert label_of("sfw", ("NSFW", "SFW"), set()) == (1, "SFW", "clean")
     with pytest.raises(KeyError):
         label_of("GOOD", ("NSFW", "SFW"), set())
+
+
+def test_manifest_tags_are_canonical_json_and_bad_tags_are_rejected(tmp_path):
+    lines = [{"path": "a.jpg", "label": "GOOD", "tags": ["Face", "text_overlay", "face"]},
+             {"path": "b.jpg", "label": "GOOD", "tags": []},
+             {"path": "c.jpg", "label": "GOOD"},
+             {"path": "d.jpg", "label": "GOOD", "tags": "face"},
+             {"path": "e.jpg", "label": "GOOD", "tags": ["", "x"]}]
+    (tmp_path / "m.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    a, b, c, d, e = discover(tmp_path / "m.jsonl", CLASSES, NOISY)
+    assert (a["tags"], b["tags"], c["tags"]) == ('["face", "text_overlay"]', "[]", "")
+    assert d["reject"] == e["reject"] == "bad_manifest_line" and "tags must be a list" in d["detail"]

@@ -110,7 +110,7 @@ def test_binary_nsfw_sfw_with_a_worst_mistake(tmp_path, server, capsys, sift_hom
     from train.artifact import META
 
     run, mv = _end_to_end(tmp_path, server, capsys, {"NSFW": 0.95, "SFW": 0.55}, "sift-nsfw",
-                          ["positive=NSFW", "threshold_rate=0.1"])
+                          ["positive=NSFW", "threshold_rate=0.1", "selection=auto"])
     assert run.data.params["selection"] == "NSFW_recall@SFW2NSFW<=0.1"
     assert "test_NSFW_recall_at_SFW2NSFW_le_10" in run.data.metrics
     meta = json.loads((sift_home / "runs" / "sift-nsfw-run" / "model" / META).read_text())
@@ -131,9 +131,19 @@ def test_four_unordered_classes_use_macro_f1(tmp_path, server, capsys, sift_home
     assert meta["decision"] == {"rule": "macro_f1"} and sum(meta["thresholds"]) == pytest.approx(1.0)
 
 
-def test_a_score_head_learns_the_manifest_score_and_reaches_the_clients(tmp_path, ray_session, sift_home, capsys):
-    """score_head=true on a JSONL manifest whose ``score`` (0-10, the user's units) is the brightness:
-    MLflow gets MAE and Spearman, and the local client and score-folder --score return the score."""
+def _marks(img: Image.Image, tags: list[str]) -> Image.Image:
+    d = ImageDraw.Draw(img)
+    if "frame" in tags:  # a thick white border
+        d.rectangle([0, 0, img.width - 1, img.height - 1], outline=(255, 255, 255), width=9)
+    if "bar" in tags:  # a black band across the middle
+        d.rectangle([0, img.height // 2 - 8, img.width, img.height // 2 + 8], fill=(0, 0, 0))
+    return img
+
+
+def test_score_and_tag_heads_learn_the_manifest_and_reach_the_clients(tmp_path, ray_session, sift_home, capsys):
+    """score_head=true on a JSONL manifest whose ``score`` (0-10, the user's units) is the brightness
+    and whose ``tags`` mark a white frame and a black bar: MLflow gets MAE, Spearman and per-tag F1;
+    the local client returns the score and the tags, and score-folder --score ranks by the score."""
     from flows.preprocess import main as preprocess
     from serve.client import classify_main, score_folder_main
     from train.main import main as train
@@ -146,26 +156,34 @@ def test_a_score_head_learns_the_manifest_score_and_reaches_the_clients(tmp_path
         value = float(rng.uniform(0.15, 1.0))
         img = _picture(0.6 if i % 2 else 0.1, rng)
         img = Image.eval(img, lambda v, k=value: int(v * k))  # the score: how bright the picture is
-        img.save(tmp_path / "img" / f"{i}.jpg")
-        lines.append({"path": f"img/{i}.jpg", "label": "warm" if i % 2 == 0 else "cool", "score": 10 * value})
+        tags = [t for t, on in (("frame", i % 3 == 0), ("bar", i % 4 < 2)) if on]
+        _marks(img, tags).save(tmp_path / "img" / f"{i}.jpg")
+        lines.append({"path": f"img/{i}.jpg", "label": "warm" if i % 2 == 0 else "cool", "score": 10 * value,
+                      "tags": tags})
     (tmp_path / "m.jsonl").write_text("\n".join(map(json.dumps, lines)))
     assert preprocess(["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "data")]) == 0
-    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["scored"] == 120
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["scored"] == 120 and manifest["tags"] == ["bar", "frame"] and manifest["tagged"] == 120
+    assert manifest["by_tag"] == {"bar": 60, "frame": 40}
     assert train(["--data", str(tmp_path / "data"), "--config", TINY, "epochs=6", "frozen_steps=-1",
                   "score_head=true", "model_name=sift-bright", "run_name=bright-run"]) == 0
     client = use().MlflowClient()
     m = client.get_run(client.get_model_version_by_alias("sift-bright", "candidate").run_id).data.metrics
     assert m["test_score_n"] >= 10 and m["test_score_spearman"] >= 0.5, m
     assert m["test_score_mae"] < 2.5  # on a 0-10 scale whose spread is ~2.5
+    assert m["test_tag_n"] >= 10 and m["test_tag_macro_f1"] >= 0.6 and m["test_tag_f1_bar"] >= 0.6, m
     model = str(sift_home / "runs" / "bright-run" / "model")
     probe = tmp_path / "probe"
     probe.mkdir()
     for k in (0.2, 0.5, 1.0):
-        Image.eval(_picture(0.1, np.random.default_rng(1)), lambda v, k=k: int(v * k)).save(probe / f"{k}.jpg")
+        img = Image.eval(_picture(0.1, np.random.default_rng(1)), lambda v, k=k: int(v * k))
+        _marks(img, ["bar"] if k == 1.0 else []).save(probe / f"{k}.jpg")
     capsys.readouterr()
     assert classify_main(["--model", model, "--json", str(probe)]) == 0
-    got = {json.loads(x)["path"]: json.loads(x)["score"] for x in capsys.readouterr().out.splitlines()}
-    dim, mid, bright = (got[str(probe / f"{k}.jpg")] for k in (0.2, 0.5, 1.0))
-    assert dim < bright and 0 <= dim and bright <= 12, got
+    rows = {json.loads(x)["path"]: json.loads(x) for x in capsys.readouterr().out.splitlines()}
+    dim, mid, bright = (rows[str(probe / f"{k}.jpg")] for k in (0.2, 0.5, 1.0))
+    assert dim["score"] < bright["score"] and 0 <= dim["score"] and bright["score"] <= 12, rows
+    assert set(bright["tag_probs"]) == {"bar", "frame"} and bright["tag_probs"]["bar"] > dim["tag_probs"]["bar"]
+    assert all(set(r["tags"]) <= {"bar", "frame"} for r in rows.values())
     assert score_folder_main([str(probe), "--score", "--model", model, "--min", "0", "--max", "100"]) == 0
     assert "3 of 3 files with score in" in capsys.readouterr().out

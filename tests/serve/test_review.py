@@ -299,7 +299,8 @@ def test_a_training_run_uses_the_corrections_and_logs_them(review, trained, sift
     r = client.get_run(summary["run_id"])
     m = r.data.metrics
     assert m["corrections_used"] == len(expect) and m["corrections_unmatched"] == 1
-    for c in CLASSES:
+    classes = summary["classes"]  # the data's label set (the corpus folders, sorted)
+    for c in classes:
         assert m[f"corrections_{c}"] == sum(1 for lab in expect.values() if lab == c)
     assert r.data.params["labels_db"] == str(review.db)
     used = json.loads((sift_home / "runs" / "review-run" / "corrections.json").read_text())
@@ -308,7 +309,7 @@ def test_a_training_run_uses_the_corrections_and_logs_them(review, trained, sift
     # the data the run trained on carries the new labels, as clean labeled items
     df, _, meta = predictions.read(sift_home / "runs" / "review-run" / "predictions.parquet")
     got = df.set_index("id").loc[list(expect)]
-    assert got["label"].tolist() == [CLASSES.index(lab) for lab in expect.values()]
+    assert got["label"].tolist() == [classes.index(lab) for lab in expect.values()]
     assert set(got["pool"]) == {"clean"} and meta["run_id"] == summary["run_id"]
     n_train_fixed = sum(1 for i in expect if data.item(i)["split"] == "train" and data.item(i)["label"] < 0)
     base = client.get_run(trained["run_id"])

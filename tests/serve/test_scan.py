@@ -256,7 +256,8 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
 
     out = tmp_path / "scan"
     args = [clips["gop25"], clips["corrupt"], "--output", str(out), clips["truncated"], "--model",
-            str(trained["model"]), "--reel", CLASSES[0], "chunk_s=3", "batch_size=8", *SMALL]
+            str(trained["model"]), "--reel", CLASSES[0], "chunk_s=3", "batch_size=8", *SMALL,
+            "--export-spans", str(tmp_path / "spans.jsonl")]
     assert main(args) == 0  # one video scanned: success, the others reported
     summary = json.loads((out / "scan.json").read_text())
     assert [v["video"] for v in summary["videos"]] == [clips["gop25"]]
@@ -277,6 +278,15 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
     assert segs[0]["start"] == 0.0 and segs[-1]["end"] == pytest.approx(tl["duration"], abs=1e-3)
     assert all(a["end"] == b["start"] and a["label"] != b["label"] for a, b in zip(segs, segs[1:]))
     assert all(0.0 <= s["score"] <= 1.0 for s in segs)
+    # the segments as span lines that preprocessing reads back as labels: one video, one span each
+    from flows.ingest import discover
+    from flows.spans import spans_of
+
+    lines = [json.loads(x) for x in (tmp_path / "spans.jsonl").read_text().splitlines()]
+    assert [(x["start"], x["end"], x["label"]) for x in lines] == [(s["start"], s["end"], s["label"]) for s in segs]
+    (item,) = discover(tmp_path / "spans.jsonl", tuple(tl["classes"]), set())
+    assert item["path"] == clips["gop25"] and not item["reject"]
+    assert [(sp["start"], sp["label_name"]) for sp in spans_of(item)] == [(s["start"], s["label"]) for s in segs]
     rows = list(csv.DictReader(open(out / "gop25.timeline.csv")))
     assert [float(r["t"]) for r in rows] == ts
     assert (out / "gop25.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

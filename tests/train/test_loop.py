@@ -4,6 +4,7 @@ import torch.nn as nn
 
 from train.data import CacheView
 from train.loop import LossSpec, mix, predict_logits, supervised_terms, train_step
+from train.model import HeadOutput
 from train.teacher import make_teacher
 
 
@@ -15,7 +16,7 @@ class TinyNet(nn.Module):
         self.lin = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, c))
 
     def forward(self, pixels=None, face=None, z=None):
-        return self.lin(z), None
+        return HeadOutput(self.lin(z), None, None)
 
 
 def spec(mean_teacher=True, **kw):
@@ -33,7 +34,8 @@ def batch(n=24, v=2, d=16, seed=0):
     x = centers[y][:, None, :] + torch.randn(n, v, d, generator=g)
     pool = torch.zeros(n, dtype=torch.long)
     pool[y == 1] = 1  # the NEUTRAL items are a noisy pool
-    return {"x": x, "face": torch.zeros(n, 0), "label": y, "pool": pool, "score": torch.full((n,), float("nan"))}
+    return {"x": x, "face": torch.zeros(n, 0), "label": y, "pool": pool, "score": torch.full((n,), float("nan")),
+            "tags": torch.zeros(n, 0), "tagged": torch.zeros(n, dtype=torch.bool)}
 
 
 def test_thirty_steps_on_one_batch_lower_the_loss():

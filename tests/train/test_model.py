@@ -40,8 +40,8 @@ def test_forward_shapes_and_embedding_path_agree(tiny):
     model.eval()
     x = eval_input([_jpeg(1), _jpeg(2)], p)
     face = torch.rand(2, 4)
-    logits, score = model(pixels=x, face=face)
-    assert logits.shape == (2, 3) and score is None
+    logits, score, tags = model(pixels=x, face=face)
+    assert logits.shape == (2, 3) and score is None and tags is None
     z = model.embed(x)
     assert torch.allclose(z.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert torch.allclose(model(z=z, face=face)[0], logits, atol=1e-6)
@@ -68,7 +68,7 @@ def test_artifact_round_trip_gives_identical_predictions(tiny, tmp_path):
     # the loaded model: its own preparation path; the original: the training eval path
     x = normalize(center_crop(to_uint8_batch([decode(b, p.size) for b in imgs]), p.crop), p)
     with torch.no_grad():
-        ref, _ = model(pixels=x, face=torch.zeros(4, 4))
+        ref = model(pixels=x, face=torch.zeros(4, 4)).logits
     got = loaded.logits([loaded.prepare(b) for b in imgs])
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-5)
     preds = loaded.predict(imgs)

@@ -20,6 +20,13 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     assert history  # per-epoch metric recorded with its step
     plots = {a.path for a in client.list_artifacts(s["run_id"], "plots")}
     assert {"plots/confusion_test.png", "plots/curves.png"} <= plots
+    # the NEUTRAL noisy pool's mix, estimated from its held-out items, next to the prior
+    mix = s["noisy_pools"]["NEUTRAL"]
+    assert mix["n"] > 0 and set(mix["estimate"]) == {"BAD", "GOOD", "NEUTRAL"}
+    assert mix["prior"] == {"BAD": 0.30, "GOOD": 0.05, "NEUTRAL": 0.65}
+    assert sum(mix["estimate"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert run.data.metrics["noisy_NEUTRAL_distance"] == pytest.approx(mix["distance"])
+    assert "noisy_pools.json" in {a.path for a in client.list_artifacts(s["run_id"])}
     mv = client.get_model_version_by_alias("sift-classifier", "candidate")
     assert mv.run_id == s["run_id"]
     # the artifact is self-describing and loads back
