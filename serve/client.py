@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from flows.config import ConfigError
 from flows.schema import IMAGE_EXTS, VIDEO_EXTS
 
 
@@ -100,7 +101,42 @@ class Local:
                                             scores=scores)
 
 
-def backend(args) -> Remote | Local:
+class Prompts:
+    """Zero-shot from text prompts (``--prompts``): a CLIP checkpoint with a text tower, no training."""
+
+    def __init__(self, model: str, prompts: list[str]):
+        from serve.config import load_serve
+        from train.config import state_dir
+        from train.model import resolve_backbone
+        from train.zeroshot import ZeroShot, parse_prompts
+
+        from .predictor import Limits
+
+        self.limits = Limits.of(load_serve())
+        self.zs = ZeroShot(resolve_backbone(model, state_dir()), parse_prompts(prompts))
+
+    def classify(self, path: Path, tiles: int = 1) -> dict:
+        from PIL import Image
+
+        from .predictor import ApiError, prepare_image
+
+        if path.suffix.lower() in VIDEO_EXTS:
+            return {"status": 415, "error": {"code": "unsupported_format", "message": "--prompts takes images"}}
+        try:
+            arr = prepare_image(path.read_bytes(), self.limits, 448)
+        except ApiError as exc:
+            return {"status": exc.status, **exc.body()}
+        return self.zs.predict([Image.fromarray(arr)])[0]
+
+
+def backend(args) -> Remote | Local | Prompts:
+    if getattr(args, "prompts", None):
+        if args.server:
+            raise ConfigError("--prompts runs locally: leave out --server")
+        if args.model.startswith("models:/"):
+            raise ConfigError("--prompts needs --model CLIP (an HF id or local dir with a text tower), "
+                              "e.g. --model openai/clip-vit-base-patch32")
+        return Prompts(args.model, args.prompts)
     if args.server:
         return Remote(args.server, args.token or os.environ.get("SIFT_API_TOKEN"))
     return Local(args.model, args.tracking_uri)
@@ -116,10 +152,18 @@ def _common(ap: argparse.ArgumentParser) -> None:
 
 def classify_main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift classify", description="Classify images and videos.")
-    ap.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    ap.add_argument("paths", nargs="*", help="files or folders (searched recursively)")
     ap.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    ap.add_argument("--prompts", nargs="+", metavar="CLASS=TEXT",
+                    help="zero-shot, no training: classes from text prompts with --model CLIP (a checkpoint "
+                         "with a text tower; real weights needed for useful answers)")
     _common(ap)
     args = ap.parse_args(argv)
+    if args.prompts:  # `--prompts A=x B=y photos/`: what has no "=" is a path, not a prompt
+        args.paths += [p for p in args.prompts if "=" not in p]
+        args.prompts = [p for p in args.prompts if "=" in p]
+    if not args.paths:
+        ap.error("give at least one file or folder")
     be, files = backend(args), media_files(args.paths)
     failed = 0
     for f in files:

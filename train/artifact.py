@@ -44,7 +44,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
          classes: list[str], thresholds: list[float], temperature: float, faces: dict | None,
          run_id: str = "", metrics: dict | None = None, hidden: int, dropout: float,
          decision: dict | None = None, score_range: tuple[float, float] | None = None,
-         tags: list[str] = (), tag_thresholds: list[float] = ()) -> Path:
+         tags: list[str] = (), tag_thresholds: list[float] = (), zero_shot: dict | None = None) -> Path:
     """Write the artifact directory (replacing ``out``)."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -66,6 +66,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
         "score_range": list(score_range) if score_range else None,
         "tags": list(tags), "tag_thresholds": [float(t) for t in tag_thresholds],
+        "zero_shot": zero_shot,  # {prompts, scale}: the head holds the prompt embeddings
         "run_id": run_id, "metrics": metrics or {},
     }
     (out / META).write_text(json.dumps(meta, indent=2, default=float))
@@ -97,8 +98,11 @@ class SiftModel:
         backbone = CLIPVisionModelWithProjection.from_pretrained(self.path / "backbone")
         self.tags = list(self.meta.get("tags") or [])
         self.tag_thresholds = np.asarray(self.meta.get("tag_thresholds") or [0.5] * len(self.tags), np.float64)
+        zs = self.meta.get("zero_shot")  # the buffer's shape, filled by head.pt
         self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
-                                self.meta["dropout"], self.meta["score_head"], len(self.tags))
+                                self.meta["dropout"], self.meta["score_head"], len(self.tags),
+                                torch.zeros(len(self.classes), backbone.config.projection_dim) if zs else None,
+                                zs["scale"] if zs else 1.0)
         self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu"))
         self.device = device
         self.model.to(device).eval()

@@ -23,6 +23,7 @@ class TrainConfig:
     hidden: int = knob(1024, lo=8, hi=16384)
     dropout: float = knob(0.1, lo=0.0, hi=0.9)
     score_head: bool = False
+    zero_shot_prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # class -> prompt (seeds the head)
     tag_head: bool = knob(True, help="train a multi-label tag head when the data has tags")
     tag_weight: float = knob(1.0, lo=0.0, hi=100.0, help="weight of the tag loss")
     # schedule
@@ -132,6 +133,10 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
     if stray:
         refuse("class_gamma", dict(cfg.class_gamma), f"names {stray}, not in the data")
     gamma = {canon[c.lower()]: g for c, g in cfg.class_gamma.items()}
+    stray = [c for c in cfg.zero_shot_prompts if c.lower() not in canon]
+    if stray:
+        refuse("zero_shot_prompts", dict(cfg.zero_shot_prompts), f"names {stray}, not in the data")
+    prompts = {canon[c.lower()]: p for c, p in cfg.zero_shot_prompts.items()}
     auto = operating_point_criterion(pos, neg, cfg.threshold_rate) if pos else "macro_f1"
     selection = cfg.selection.strip()
     if selection.lower() != "auto":
@@ -143,7 +148,7 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
             if "selection" in user:
                 refuse("selection", selection)
             selection = "auto"
-    return replace(cfg, positive=pos, negative=neg, class_gamma=gamma,
+    return replace(cfg, positive=pos, negative=neg, class_gamma=gamma, zero_shot_prompts=prompts,
                    selection=auto if selection.lower() == "auto" else selection)
 
 

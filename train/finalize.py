@@ -133,7 +133,9 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
         decision=decision_rule(cfg), score_range=ctx["score_range"] if cfg.score_head else None,
-        tags=ctx["tags"], tag_thresholds=tag_t)
+        tags=ctx["tags"], tag_thresholds=tag_t,
+        zero_shot={"prompts": ctx["zero_shot"]["prompts"], "scale": ctx["zero_shot"]["scale"]}
+        if ctx.get("zero_shot") else None)
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])

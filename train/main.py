@@ -38,6 +38,21 @@ def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]],
         tag_weight=cfg.tag_weight)
 
 
+def zero_shot_seed(cfg, classes: list[str], backbone_dir: str) -> dict | None:
+    """The prompt embeddings that seed the head (``zero_shot_prompts``), or None; ConfigError when
+    the backbone has no text tower."""
+    if not cfg.zero_shot_prompts:
+        return None
+    from .zeroshot import class_prompts, has_text_tower, prompt_embeddings
+
+    if not has_text_tower(backbone_dir):
+        raise ConfigError(f"zero_shot_prompts needs a CLIP checkpoint with a text tower; backbone={cfg.backbone} "
+                          "has none (use an HF CLIP id or local copy, or tiny-clip for a test)")
+    texts = class_prompts(classes, cfg.zero_shot_prompts)
+    emb, scale = prompt_embeddings(backbone_dir, texts)
+    return {"prompts": texts, "embeddings": emb, "scale": scale}
+
+
 def read_data_manifest(data: Path) -> dict:
     """``DATA/manifest.json`` of ``sift preprocess``; ConfigError when it is missing or unreadable."""
     path = Path(data) / "manifest.json"
@@ -91,9 +106,10 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     cfg = for_classes(cfg, classes)  # the label set's checks, before Ray starts
     if cfg.score_head and manifest.get("scored") == 0:
         raise ConfigError(f"score_head=true: no item of {data} has a score (manifest lines with \"score\")")
-    init_ray(num_cpus)
     home = state_dir()
     backbone_dir = resolve_backbone(cfg.backbone, home)
+    prompts = zero_shot_seed(cfg, classes, backbone_dir)
+    init_ray(num_cpus)
     _, preproc = load_backbone(backbone_dir)
     faces = face_spec(cfg)
     n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0
@@ -139,7 +155,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
     ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
            "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range), "relabel": relabel,
-           "score_range": score_range, "corrections": used,
+           "score_range": score_range, "corrections": used, "zero_shot": prompts,
            "tags": list(manifest.get("tags", [])) if cfg.tag_head else [],
            "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
            "out_dir": str(home / "runs" / run_name), "data_dir": str(data),

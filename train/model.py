@@ -23,7 +23,8 @@ from .transforms import CLIP_MEAN, CLIP_STD, Preproc
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # backbones built from a config with random weights, saved and then loaded like any HF checkpoint
-BUILTIN = {"tiny": CONFIG_DIR / "tiny_clip.json", "random-vit-b32": None}
+BUILTIN = {"tiny": CONFIG_DIR / "tiny_clip.json", "random-vit-b32": None,
+           "tiny-clip": CONFIG_DIR / "tiny_clip.json"}  # tiny-clip: with a (random) text tower, for zero-shot
 
 
 def resolve_backbone(spec: str, cache_dir: Path) -> str:
@@ -41,14 +42,18 @@ def build_random_backbone(spec: str, out: Path, seed: int = 0) -> None:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg_path = BUILTIN[spec]
-    config = CLIPVisionConfig(**json.loads(cfg_path.read_text())) if cfg_path else CLIPVisionConfig()
-    torch.manual_seed(seed)
-    model = CLIPVisionModelWithProjection(config)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # concurrent builders each write their own
-    model.save_pretrained(tmp)
-    side = config.image_size
-    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tmp)
+    if spec == "tiny-clip":
+        from .zeroshot import build_tiny_clip
+
+        build_tiny_clip(tmp, json.loads(cfg_path.read_text()), seed)
+    else:
+        config = CLIPVisionConfig(**json.loads(cfg_path.read_text())) if cfg_path else CLIPVisionConfig()
+        torch.manual_seed(seed)
+        CLIPVisionModelWithProjection(config).save_pretrained(tmp)
+        side = config.image_size
+        CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                           image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tmp)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first: same seed, same weights
@@ -84,7 +89,10 @@ class HeadOutput(NamedTuple):
 
 class Head(nn.Module):
     def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.1, score_head: bool = False,
-                 n_tags: int = 0):
+                 n_tags: int = 0, prompts: torch.Tensor | None = None, prompt_scale: float = 1.0):
+        """``prompts`` (C, D): L2-normalised prompt embeddings of the classes (zero-shot seeding):
+        the logits get ``prompt_scale * x[:, :D] @ prompts.T`` (x's first D features are the
+        normalised image embedding), a fixed buffer, and the last layer starts at zero."""
         super().__init__()
         # Standardise each input feature with batch statistics (running ones at eval): CLIP
         # embeddings share a large common direction (mean cosine ~0.8 between unrelated images
@@ -100,6 +108,13 @@ class Head(nn.Module):
         self.out = nn.Linear(hidden, n_classes)
         self.score = nn.Linear(hidden, 1) if score_head else None
         self.tags = nn.Linear(hidden, n_tags) if n_tags else None
+        self.prompt_scale = float(prompt_scale)
+        if prompts is not None:
+            self.register_buffer("prompts", prompts.detach().float().clone())
+            nn.init.zeros_(self.out.weight)  # start from the zero-shot classifier, learn a correction
+            nn.init.zeros_(self.out.bias)
+        else:
+            self.prompts = None
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
         """x (B, D+F) -> HeadOutput(logits (B, C), score (B,) in (0, 1) or None, tag logits (B, T) or None).
@@ -111,17 +126,22 @@ class Head(nn.Module):
         h = self.norm(h + self.block(h))
         h = self.drop(h)
         score = torch.sigmoid(self.score(h)).squeeze(-1) if self.score is not None else None
-        return HeadOutput(self.out(h), score, self.tags(h) if self.tags is not None else None)
+        logits = self.out(h)
+        if self.prompts is not None:
+            logits = logits + self.prompt_scale * x[:, :self.prompts.shape[1]] @ self.prompts.T
+        return HeadOutput(logits, score, self.tags(h) if self.tags is not None else None)
 
 
 class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, n_classes: int, n_face: int, hidden: int = 1024,
-                 dropout: float = 0.1, score_head: bool = False, n_tags: int = 0):
+                 dropout: float = 0.1, score_head: bool = False, n_tags: int = 0,
+                 prompts: torch.Tensor | None = None, prompt_scale: float = 1.0):
         super().__init__()
         self.backbone = backbone
         self.embed_dim = int(backbone.config.projection_dim)
         self.n_face = n_face
-        self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head, n_tags)
+        self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head, n_tags, prompts,
+                         prompt_scale)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B,3,S,S) float -> L2-normalised embedding (B, D)."""

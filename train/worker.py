@@ -75,8 +75,9 @@ def train_loop_per_worker(ctx: dict) -> None:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     backbone, _ = load_backbone(ctx["backbone_dir"])
+    zs = ctx.get("zero_shot")
     model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head,
-                       len(ctx["tags"]))
+                       len(ctx["tags"]), zs["embeddings"] if zs else None, zs["scale"] if zs else 1.0)
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
     opt = _optimizer(model, cfg, [])

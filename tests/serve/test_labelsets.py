@@ -124,11 +124,15 @@ def test_four_unordered_classes_use_macro_f1(tmp_path, server, capsys, sift_home
     from train.artifact import META
 
     classes = {"attic": 0.0, "beach": 0.16, "forest": 0.33, "kitchen": 0.66}
-    run, _ = _end_to_end(tmp_path, server, capsys, classes, "sift-rooms", [])
+    # a CLIP with a text tower: the head is seeded from prompts (random weights: the code path only)
+    run, _ = _end_to_end(tmp_path, server, capsys, classes, "sift-rooms",
+                         ["backbone=tiny-clip", "zero_shot_prompts={attic: an indoor room}"])
     assert run.data.params["selection"] == "macro_f1" and run.data.params["positive"] == ""
     assert not any("_recall_at_" in k for k in run.data.metrics)
     meta = json.loads((sift_home / "runs" / "sift-rooms-run" / "model" / META).read_text())
     assert meta["decision"] == {"rule": "macro_f1"} and sum(meta["thresholds"]) == pytest.approx(1.0)
+    assert meta["zero_shot"]["prompts"] == ["an indoor room", "a photo of beach", "a photo of forest",
+                                            "a photo of kitchen"] and meta["zero_shot"]["scale"] > 0
 
 
 def _marks(img: Image.Image, tags: list[str]) -> Image.Image:

@@ -1,5 +1,6 @@
 """The training config against the data's label set: defaults step aside, user settings are checked."""
 import json
+import os
 import subprocess
 import sys
 
@@ -46,6 +47,7 @@ def test_an_explicit_selection_and_class_gamma_are_kept_and_canonicalised():
     (["selection=macro_f2"], "unknown selection criterion"),
     (["cost_worst=9"], "cost_worst=9.0 applies to the worst mistake"),
     (["threshold_rate=0.01"], "threshold_rate"),
+    (["zero_shot_prompts={GOOD: a calm photo}"], r"zero_shot_prompts=\{'GOOD': 'a calm photo'\} names \['GOOD'\]"),
 ])
 def test_each_inconsistent_setting_is_refused_naming_key_value_and_classes(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -73,3 +75,7 @@ def test_sift_train_refuses_before_ray_starts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no manifest.json" in r.stderr, r.stderr
+    env = {**os.environ, "SIFT_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", str(tmp_path), "backbone=tiny",
+                        "zero_shot_prompts={NSFW: explicit}"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "text tower" in r.stderr and "Traceback" not in r.stderr, r.stderr
