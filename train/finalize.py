@@ -11,7 +11,7 @@ import ray.train
 from . import artifact, calibrate, metrics, noisy, plots, predictions, tracking
 from .data import PixelView
 from .loop import predict_outputs
-from .worker import _iter
+from .worker import _iter, report_rates
 
 
 def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray]:
@@ -102,10 +102,12 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     cm = None
     if len(test_y):
         m = metrics.evaluate(test_p, test_y, classes, positive=cfg.positive, negative=cfg.negative,
+                             rates=report_rates(cfg),
                              thresholds=thresholds)
         cm = np.asarray(m.pop("confusion"))
         out.update({f"test_{k}": float(v) for k, v in m.items()})
     mv = metrics.evaluate(val_p, val_y, classes, positive=cfg.positive, negative=cfg.negative,
+                          rates=report_rates(cfg),
                           thresholds=thresholds) if len(val_y) else {}
     mv.pop("confusion", None)
     out.update({f"val_cal_{k}": float(v) for k, v in mv.items()})

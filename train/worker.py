@@ -46,6 +46,12 @@ def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool =
         yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel, ctx["tags"])
 
 
+def report_rates(cfg) -> tuple[float, ...]:
+    """The negative->positive rates whose operating points are logged: 1/2/5% and the run's own
+    ``threshold_rate`` (which ``selection=auto`` selects on)."""
+    return tuple(sorted({0.01, 0.02, 0.05, cfg.threshold_rate}))
+
+
 def _optimizer(model: Classifier, cfg, backbone_params):
     """AdamW over the head (``lr``) and the unfrozen blocks (``backbone_lr``); each group keeps its
     base rate as ``base_lr`` (checkpointed with the optimizer), which the schedule scales."""
@@ -62,7 +68,8 @@ def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
     if len(y) == 0:
         return {}, logits, y
     probs = calibrate.apply_temperature(logits, 1.0)
-    m = metrics.evaluate(probs, y, ctx["classes"], positive=cfg.positive, negative=cfg.negative)
+    m = metrics.evaluate(probs, y, ctx["classes"], positive=cfg.positive, negative=cfg.negative,
+                         rates=report_rates(cfg))
     m.pop("confusion", None)
     m["selection"] = metrics.selection_score(m, cfg.selection)
     return {f"{prefix}_{k}": float(v) for k, v in m.items()}, logits, y
