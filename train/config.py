@@ -97,7 +97,7 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
     selection becomes ``auto``); the same setting written by the user is refused with a ConfigError
     that names the key, the value and the classes present. Runs before Ray starts.
     """
-    from .metrics import operating_point_criterion, parse_criterion
+    from .selection import operating_point_criterion, parse_criterion
 
     user, present = explicit(cfg), list(classes)
     canon = {c.lower(): c for c in present}

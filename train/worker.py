@@ -25,6 +25,7 @@ from .data import CacheView, PixelView, cycle, to_tensors
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
 from .schedule import end_of_epoch, lr_factor, new_epoch_state, phase_lengths, set_lr
+from .selection import selection_score
 from .teacher import make_teacher
 
 _log = logging.getLogger("sift.train")
@@ -71,7 +72,7 @@ def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
     m = metrics.evaluate(probs, y, ctx["classes"], positive=cfg.positive, negative=cfg.negative,
                          rates=report_rates(cfg))
     m.pop("confusion", None)
-    m["selection"] = metrics.selection_score(m, cfg.selection)
+    m["selection"] = selection_score(m, cfg.selection)
     return {f"{prefix}_{k}": float(v) for k, v in m.items()}, logits, y
 
 

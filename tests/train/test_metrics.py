@@ -17,8 +17,8 @@ from train.metrics import (
     rate_tag,
     recall_at_fpr,
     rival_share,
-    selection_score,
 )
+from train.selection import selection_score
 
 CLASSES = ["BAD", "NEUTRAL", "GOOD"]
 BAD, NEUTRAL, GOOD = range(3)

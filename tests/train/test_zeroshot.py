@@ -1,6 +1,5 @@
 """Zero-shot from prompts with a tiny random CLIP that has a text tower (the code path only: random
 weights know nothing, so the tests check shapes, invariants and the seeded head, not accuracy)."""
-import io
 import json
 
 import numpy as np
