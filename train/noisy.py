@@ -52,7 +52,7 @@ def estimate(pool_probs, clean_probs, clean_y, classes: list[str], prior: list[f
     dist = float(0.5 * np.abs(mix - prior).sum()) if np.all(np.isfinite(mix)) else float("nan")
     out = {"n": int(len(pool_probs)), "counted": counted, "method": method,
            "estimate": {c: round(float(v), 4) for c, v in zip(classes, mix)},
-           "prior": {c: float(v) for c, v in zip(classes, prior)}, "distance": round(dist, 4), "suggestion": ""}
+           "prior": {c: round(float(v), 6) for c, v in zip(classes, prior)}, "distance": round(dist, 4), "suggestion": ""}
     if dist > tol:
         parts = ", ".join(f"{c}: {v:.2f}" for c, v in zip(classes, np.round(mix / mix.sum(), 2)) if v >= 0.005)
         out["suggestion"] = f"{{{parts}}}"
