@@ -12,6 +12,7 @@ batch, let alone the job.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def prepare_batch(table: pa.Table, source: str, limits: Limits | None, short_edg
 
 
 SCORE = "predicted_score"  # the score head's column ("score" is the manifest's target, or a scene score)
+TAGS = "predicted_tags"  # the tag head's column ("tags" is the manifest's annotation)
 
 
 def prob_columns(probs: np.ndarray, ok: np.ndarray, classes: list[str], thresholds: np.ndarray
@@ -132,31 +134,33 @@ class Scorer:
         self.model = SiftModel(model_dir)
         self.source, self.limits, self.tiles = source, limits, tiles
 
-    def _outputs(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(probs (M, C), predicted score (M,), NaN without a score head)."""
+    def _outputs(self, arrays: list[np.ndarray]):
+        """``Outputs`` of M arrays with probabilities in place of logits: (probs (M, C), predicted
+        score (M,), NaN without a score head, tag probabilities (M, T), T = 0 without tags)."""
         from PIL import Image
 
+        from train.artifact import Outputs
+
         o = self.model.outputs([Image.fromarray(a) for a in arrays], tiles=self.tiles)
-        return self.model.probs(o.logits), o.score if o.score is not None else np.full(len(o.logits), np.nan)
+        n = len(o.logits)
+        return Outputs(self.model.probs(o.logits), o.score if o.score is not None else np.full(n, np.nan),
+                       o.tags if o.tags is not None else np.zeros((n, 0)))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         prep = prepare_batch(table, self.source, self.limits, self.model.input_edge(self.tiles))
         ok = prep.ok
         arrays = [a for a in prep.arrays if a is not None]
-        C = len(self.model.classes)
         try:
-            probs, scores = self._outputs(arrays) if arrays else (np.zeros((0, C)), np.zeros(0))
+            probs, scores, tags = self._outputs(arrays)
         except Exception:  # find the culprit: score one by one, mark only the ones that fail
             rows, idx = [], np.flatnonzero(ok)
             for i, a in zip(idx, arrays):
                 try:
-                    p, s = self._outputs([a])
-                    rows.append((p[0], s[0]))
+                    rows.append(self._outputs([a]))
                 except Exception as exc:
                     ok[i] = False
                     prep.error[i], prep.detail[i] = "internal_error", f"{type(exc).__name__}: {exc}"[:300]
-            probs = np.array([p for p, _ in rows]).reshape(-1, C)
-            scores = np.array([s for _, s in rows], dtype=np.float64)
+            probs, scores, tags = (np.concatenate(f) for f in zip(*rows)) if rows else self._outputs([])
         out = table.drop_columns([c for c in (*PIXELS, "error", "detail", "label")
                                   if c in table.column_names])
         if self.source == ENCODED and "id" not in out.column_names:
@@ -167,6 +171,10 @@ class Scorer:
             full = np.full(len(ok), np.nan)
             full[ok] = scores
             out = out.append_column(SCORE, pa.array(full, pa.float64()))
+        if self.model.tags:  # the tags at or above their thresholds, as a JSON list ('' where not scored)
+            col = np.full(len(ok), "", dtype=object)
+            col[ok] = [json.dumps(t) for t in self.model.tag_lists(tags)]
+            out = out.append_column(TAGS, pa.array(col.tolist(), pa.string()))
         out = out.append_column("error", pa.array(prep.error, pa.string()))
         return out.append_column("detail", pa.array(prep.detail, pa.string()))
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from flows.config import ConfigError
 
-from .batch import ENCODED, SCORE, check_budget, prob_column, score, stream
+from .batch import ENCODED, SCORE, TAGS, check_budget, prob_column, score, stream
 from .batch_config import PredictConfig, load_predict
 
 CARRY = ("id", "path", "kind", "timestamp", "split", "label_name")
@@ -64,7 +64,7 @@ def list_files(root: Path) -> list[str]:
 
 def output_columns(names: list[str], classes: list[str]) -> list[str]:
     """The output's column order: carried-over columns, label, probs, model, version, error."""
-    tail = ["label", *(prob_column(c) for c in classes), SCORE, "model", "version", "error", "detail"]
+    tail = ["label", *(prob_column(c) for c in classes), SCORE, TAGS, "model", "version", "error", "detail"]
     return [c for c in CARRY if c in names] + [c for c in tail if c in names]
 
 

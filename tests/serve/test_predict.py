@@ -83,6 +83,33 @@ def test_prob_columns():
 # ---------------------------------------------------------------- Ray
 
 
+def test_a_scorer_writes_the_score_and_tag_heads(tmp_path):
+    """A model with a score head and a tag head: ``predicted_score`` in the targets' units and
+    ``predicted_tags`` (the tags at or above their thresholds) per row, '' / NaN where not scored."""
+    import json
+
+    import torch
+
+    from train.artifact import save
+    from train.model import Classifier, load_backbone, resolve_backbone
+
+    backbone, p = load_backbone(resolve_backbone("tiny", tmp_path))
+    torch.manual_seed(0)
+    model = Classifier(backbone, 2, 0, hidden=16, score_head=True, n_tags=2).eval()
+    save(tmp_path / "m", model, backbone_id="tiny", preproc=p, short_edge=64, classes=["a", "b"],
+         thresholds=[0.5, 0.5], temperature=1.0, faces=None, hidden=16, dropout=0.1, score_range=(0.0, 10.0),
+         tags=["always", "never"], tag_thresholds=[1e-9, 1.0])
+    table = pa.table({"image": pa.array([_jpeg(), b"not an image", _jpeg((10, 200, 10))], pa.binary()),
+                      "path": ["x.jpg", "y.jpg", "z.jpg"]})
+    out = B.Scorer(str(tmp_path / "m"), B.ENCODED, LIMITS)(table).to_pydict()
+    assert out[B.TAGS] == [json.dumps(["always"]), "", json.dumps(["always"])]
+    s = out[B.SCORE]
+    assert 0.0 <= s[0] <= 10.0 and math.isnan(s[1]) and 0.0 <= s[2] <= 10.0
+    assert out["error"] == ["", "not_media", ""], out["error"]
+    assert output_columns([*out, "model", "version"], ["a", "b"])[-9:] == [
+        "label", "prob_a", "prob_b", B.SCORE, B.TAGS, "model", "version", "error", "detail"]
+
+
 def test_predict_folder_and_parquet(ray_session, trained, preprocessed, tmp_path):
     from serve.predictor import Predictor, prepare_image
 
