@@ -101,26 +101,35 @@ def _macro_f1_of(probs: np.ndarray, y: np.ndarray, t: np.ndarray) -> float:
     return macro_f1(confusion(y, predict_with_thresholds(probs, t), probs.shape[1]))
 
 
+def _cuts(score: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact sweep of "flag when score >= t": per cut k = 0..K (k flags the first k groups of
+    equal scores, highest first) the flagged positives tp, flagged negatives fp and its threshold,
+    halfway between the last flagged and the first unflagged score (``_tau_from_interval``)."""
+    order = np.argsort(-score, kind="stable")
+    s, pos = score[order], pos[order]
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # ties flagged together
+    tp = np.r_[0, np.cumsum(pos)[ends]].astype(np.float64)
+    fp = np.r_[0, np.cumsum(~pos)[ends]].astype(np.float64)
+    hi = np.r_[np.inf, s[ends]]  # cut k: thresholds in (first unflagged score, last flagged score]
+    lo = np.r_[s[0], s[ends[:-1] + 1], -np.inf]
+    return tp, fp, np.array([_tau_from_interval(a, b) for a, b in zip(lo, hi)])
+
+
+def _f1(tp, fp, fn) -> np.ndarray:
+    return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+
+
+def _best_tau(values: np.ndarray, taus: np.ndarray) -> float:
+    """The threshold of the best cut; among equally good ones the closest to 0.5 (plain argmax)."""
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    return min(max(float(taus[best[np.argmin(np.abs(taus[best] - 0.5))]]), _TINY), 1.0)
+
+
 def _binary_macro_f1_threshold(score: np.ndarray, is0: np.ndarray) -> list[float]:
     """(tau, 1 - tau): the exact macro-F1 sweep over cuts "predict class 0 when score >= tau"."""
-    order = np.argsort(-score, kind="stable")
-    s, pos = score[order], is0[order]
-    n0, n1 = int(pos.sum()), int((~pos).sum())
-    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # ties flagged together
-    tp0 = np.r_[0, np.cumsum(pos)[ends]].astype(np.float64)  # cut 0 flags nothing
-    fp0 = np.r_[0, np.cumsum(~pos)[ends]].astype(np.float64)
-    fn0, tp1 = n0 - tp0, n1 - fp0  # class 1 is predicted for every item not flagged
-    f1 = lambda tp, fp, fn: np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp),  # noqa: E731
-                                      where=(2 * tp + fp + fn) > 0)
-    score_of_cut = (f1(tp0, fp0, fn0) + f1(tp1, fn0, fp0)) / 2.0
-    # the threshold of each cut: halfway between the last flagged and the first unflagged score
-    # cut k flags the first k tie groups: thresholds in (first unflagged score, last flagged score]
-    hi = np.r_[np.inf, s[ends]]
-    lo = np.r_[s[0], s[ends[:-1] + 1], -np.inf]
-    taus = np.array([_tau_from_interval(a, b) for a, b in zip(lo, hi)])
-    best = np.flatnonzero(score_of_cut >= score_of_cut.max() - 1e-12)
-    tau = float(taus[best[np.argmin(np.abs(taus[best] - 0.5))]])
-    tau = min(max(tau, _TINY), 1.0)
+    tp0, fp0, taus = _cuts(score, is0)
+    fn0, tp1 = is0.sum() - tp0, (~is0).sum() - fp0  # class 1 is predicted for every item not flagged
+    tau = _best_tau((_f1(tp0, fp0, fn0) + _f1(tp1, fn0, fp0)) / 2.0, taus)
     return [tau, max(1.0 - tau, _TINY)]
 
 
@@ -167,19 +176,12 @@ def tag_thresholds(probs, targets) -> list[float]:
     probs, targets = _numpy(probs, np.float64), _numpy(targets, np.float64) > 0.5
     out = []
     for t in range(probs.shape[1]):
-        s, pos = probs[:, t], targets[:, t]
+        pos = targets[:, t]
         if not pos.any():
             out.append(0.5)
             continue
-        order = np.argsort(-s, kind="stable")
-        s, pos = s[order], pos[order]
-        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-        tp, fp = np.cumsum(pos)[ends].astype(float), np.cumsum(~pos)[ends].astype(float)
-        f1 = 2 * tp / (2 * tp + fp + (pos.sum() - tp))
-        lo = np.r_[s[ends[:-1] + 1], -np.inf]
-        taus = np.array([_tau_from_interval(a, b) for a, b in zip(lo, s[ends])])
-        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
-        out.append(float(min(max(taus[best[np.argmin(np.abs(taus[best] - 0.5))]], _TINY), 1.0)))
+        tp, fp, taus = _cuts(probs[:, t], pos)
+        out.append(_best_tau(_f1(tp, fp, pos.sum() - tp), taus))
     return out
 
 
