@@ -107,6 +107,7 @@ def build(cls: type[T], values: dict[str, Any], *, where: str = "config",
     (which steps aside).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values, explicit = _gather_prefixed(fields, values, explicit)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
@@ -129,6 +130,27 @@ def build(cls: type[T], values: dict[str, Any], *, where: str = "config",
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return obj
+
+
+def _gather_prefixed(fields: dict, values: dict[str, Any], explicit: Iterable[str] | None):
+    """``threshold_BAD=0.6`` -> ``thresholds={"BAD": 0.6}`` for a mapping field declared with
+    ``metadata={"prefix": "threshold_"}``: a key that is not a field but starts with the prefix
+    becomes an entry of that mapping (and the mapping counts as written by the user)."""
+    prefixed = {f.metadata["prefix"]: name for name, f in fields.items() if f.metadata.get("prefix")}
+    if not prefixed:
+        return values, explicit
+    values, user = dict(values), set(values if explicit is None else explicit)
+    for key in [k for k in values if k not in fields]:
+        for prefix, name in prefixed.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                entry = dict(values.get(name) or {})
+                entry[key[len(prefix):]] = values.pop(key)
+                values[name] = entry
+                if key in user:
+                    user.discard(key)
+                    user.add(name)
+                break
+    return values, user
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] | dict = (),

@@ -105,11 +105,12 @@ def feed_entries(items: list[dict], verdicts: dict[str, dict], cfg: ScrapeConfig
     out = []
     for it in items:
         v = verdicts.get(it["id"]) or {"error": {"code": "not_classified", "message": f"{it['kind']} not sent"}}
-        label, probs = v.get("label"), v.get("probs") or {}
+        label, probs, unsure = v.get("label"), v.get("probs") or {}, bool(v.get("uncertain"))
+        # an uncertain item (no class reached its threshold) is never highlighted: that is a claim
         verdict = ("error" if "error" in v else "hide" if label in cfg.hide_labels
-                   else "highlight" if label in cfg.highlight_labels else "show")
+                   else "highlight" if label in cfg.highlight_labels and not unsure else "show")
         out.append({"id": it["id"], "page": it["page"], "url": it["url"], "kind": it["kind"],
-                    "timestamp": it["timestamp"], "label": label, "probs": probs,
+                    "timestamp": it["timestamp"], "label": label, "uncertain": unsure, "probs": probs,
                     "score": probs.get(label) if label else None, "verdict": verdict, "error": v.get("error")})
     return out
 
@@ -157,6 +158,7 @@ def _article(e: dict, jpeg: bytes | None, classes: list[str] | None = None) -> s
 
     img = f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">' if jpeg else ""
     what = f'{escape(str(e["label"]))} {e["score"] or 0:.2f}' if e["label"] else escape(e["error"]["code"])
+    what += " (uncertain)" if e.get("uncertain") else ""
     score = f'<span class="score">{what}</span>'
     body = (f"<details><summary>{score} hidden: show</summary>{img}</details>" if e["verdict"] == "hide"
             else f"{img}<div>{score}</div>")

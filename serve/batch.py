@@ -103,19 +103,36 @@ SCORE = "predicted_score"  # the score head's column ("score" is the manifest's 
 TAGS = "predicted_tags"  # the tag head's column ("tags" is the manifest's annotation)
 
 
-def prob_columns(probs: np.ndarray, ok: np.ndarray, classes: list[str], thresholds: np.ndarray
-                 ) -> dict[str, pa.Array]:
+def check_operating_point(meta: dict, cfg):
+    """The artifact's operating point moved by ``cfg``'s (``OperatingPointKnobs``), checked before Ray
+    starts: a ConfigError names what is wrong."""
+    from flows.config import ConfigError
+    from train.decision import Decision
+
+    try:
+        return Decision.from_meta(meta["classes"], meta["thresholds"], meta.get("decision")).override(
+            meta["classes"], **cfg.operating_point())
+    except ValueError as exc:
+        raise ConfigError(f"operating point: {exc}") from None
+
+
+def prob_columns(probs: np.ndarray, ok: np.ndarray, classes: list[str], decision) -> dict[str, pa.Array]:
     """(M, C) probabilities of the M ``ok`` rows (of N) -> N-long columns: ``prob_<class>`` (NaN
-    where not ok) and ``label`` (the thresholded class; '' where not ok)."""
-    from train.metrics import predict_with_thresholds
+    where not ok), ``label`` (the operating point's class, a ``train.decision.Decision`` or plain
+    thresholds; '' where not ok) and ``uncertain`` (no class reached its threshold; null where not ok)."""
+    from train.decision import Decision
 
     full = np.full((len(ok), len(classes)), np.nan)
     full[ok] = probs
     labels = np.full(len(ok), "", dtype=object)
+    unsure = np.full(len(ok), None, dtype=object)
     if ok.any():
-        labels[ok] = [classes[int(k)] for k in predict_with_thresholds(probs, thresholds)]
+        pred, sure = Decision.of(decision).labels(probs)
+        labels[ok] = [classes[int(k)] for k in pred]
+        unsure[ok] = [not bool(s) for s in sure]
     cols = {prob_column(c): pa.array(full[:, j], pa.float64()) for j, c in enumerate(classes)}
     cols["label"] = pa.array(labels.tolist(), pa.string())
+    cols["uncertain"] = pa.array(unsure.tolist(), pa.bool_())
     return cols
 
 
@@ -123,7 +140,7 @@ class Scorer:
     """``map_batches`` callable (batch_format="pyarrow"): the model is loaded once per actor."""
 
     def __init__(self, model_dir: str, source: str, limits: Limits | None = None, threads: int = 1,
-                 tiles: int = 1):
+                 tiles: int = 1, operating_point: dict | None = None):
         import torch
 
         from flows.runtime import quiet_env
@@ -132,6 +149,8 @@ class Scorer:
         quiet_env()
         torch.set_num_threads(threads)
         self.model = SiftModel(model_dir)
+        if operating_point:
+            self.model.operating_point(**operating_point)
         self.source, self.limits, self.tiles = source, limits, tiles
 
     def _outputs(self, arrays: list[np.ndarray]):
@@ -165,7 +184,7 @@ class Scorer:
                                   if c in table.column_names])
         if self.source == ENCODED and "id" not in out.column_names:
             out = out.append_column("id", pa.array(prep.sha256, pa.string()))
-        for name, column in prob_columns(probs, ok, self.model.classes, self.model.thresholds).items():
+        for name, column in prob_columns(probs, ok, self.model.classes, self.model.decision).items():
             out = out.append_column(name, column)
         if self.model.score_range is not None:  # the score head's output, in the targets' units
             full = np.full(len(ok), np.nan)
@@ -206,14 +225,16 @@ def check_budget(need: float, what: str, wait_s: float = 10.0) -> None:
 
 
 def score(ds, model_dir: str, *, source: str, batch_size: int, min_actors: int, max_actors: int,
-          actor_cpus: float, threads: int = 1, limits: Limits | None = None, tiles: int = 1):
+          actor_cpus: float, threads: int = 1, limits: Limits | None = None, tiles: int = 1,
+          operating_point: dict | None = None):
     """``ds`` (pyarrow batches with the columns :func:`prepare_batch` reads) -> scored Dataset,
-    on an actor pool autoscaling between ``min_actors`` and ``max_actors``."""
+    on an actor pool autoscaling between ``min_actors`` and ``max_actors``; ``operating_point``:
+    ``SiftModel.operating_point`` keywords."""
     import ray
 
     return ds.map_batches(
         Scorer, fn_constructor_kwargs={"model_dir": str(model_dir), "source": source, "limits": limits,
-                                       "threads": threads, "tiles": tiles},
+                                       "threads": threads, "tiles": tiles, "operating_point": operating_point},
         batch_size=batch_size, batch_format="pyarrow", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors))
 

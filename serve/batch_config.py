@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Iterable
 
 from flows.config import knob, load
+from train.decision import OperatingPointKnobs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODEL = "models:/sift-classifier@champion"
 
 
 @dataclasses.dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(OperatingPointKnobs):
     model: str = MODEL
     tracking_uri: str = ""
     # sampling and cuts
@@ -59,7 +60,7 @@ class ScanConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(OperatingPointKnobs):
     model: str = MODEL
     tracking_uri: str = ""
     tiles: int = knob(1, choices=(1, 5), help="5: average five crops per image (large images)")

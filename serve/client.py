@@ -57,15 +57,16 @@ class Remote:
 class Local:
     """Runs the model in-process with the server's own code path."""
 
-    def __init__(self, model: str, tracking_uri: str | None = None):
+    def __init__(self, model: str, tracking_uri: str | None = None, overrides: tuple[str, ...] = ()):
+        """``overrides``: serve-config ``key=value`` pairs, e.g. the operating point (threshold_BAD=0.6)."""
         from serve.config import load_serve
 
         from .predictor import Limits, Predictor, resolve_model
 
+        self.cfg = load_serve(overrides=overrides)
         path, name, version = resolve_model(model, tracking_uri)
-        self.cfg = load_serve()
         self.limits = Limits.of(self.cfg)
-        self.predictor = Predictor(path, name, version)
+        self.predictor = Predictor(path, name, version, operating_point=self.cfg.operating_point())
 
     def classify(self, path: Path, tiles: int = 1) -> dict:
         from .predictor import ApiError, prepare_image
@@ -138,8 +139,10 @@ def backend(args) -> Remote | Local | Prompts:
                               "e.g. --model openai/clip-vit-base-patch32")
         return Prompts(args.model, args.prompts)
     if args.server:
+        if args.overrides:
+            raise ConfigError("--set applies to local mode; a server has its own settings (sift serve threshold_BAD=...)")
         return Remote(args.server, args.token or os.environ.get("SIFT_API_TOKEN"))
-    return Local(args.model, args.tracking_uri)
+    return Local(args.model, args.tracking_uri, tuple(args.overrides))
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
@@ -148,6 +151,9 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="models:/sift-classifier@champion", help="local mode: artifact dir or models:/ URI")
     ap.add_argument("--tracking-uri")
     ap.add_argument("--tiles", type=int, default=1, choices=(1, 5))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="local mode: a serve setting, e.g. the operating point: --set threshold_BAD=0.6, "
+                         "--set max_rate=0.01, --set fallback=NEUTRAL (the server uses its own)")
 
 
 def classify_main(argv=None) -> int:
@@ -178,7 +184,8 @@ def classify_main(argv=None) -> int:
             extra = f"  score={r['score']:.3f}" if "score" in r else ""
             extra += f"  tags={','.join(r['tags']) or '-'}" if "tags" in r else ""
             extra += f"  ({len(r['segments'])} segments)" if "segments" in r else ""
-            print(f"{str(f):60s} {r['label']:10s} {probs}{extra}", flush=True)
+            label = r["label"] + ("?" if r.get("uncertain") else "")  # ?: no class reached its threshold
+            print(f"{str(f):60s} {label:10s} {probs}{extra}", flush=True)
     return 1 if failed == len(files) and files else 0
 
 

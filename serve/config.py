@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Iterable
 
 from flows.config import build, knob, load
+from train.decision import OperatingPointKnobs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(OperatingPointKnobs):
+    # the operating point (thresholds, max_rate, fallback) comes from OperatingPointKnobs
     model: str = "models:/sift-classifier@champion"
     tracking_uri: str = ""
     host: str = "127.0.0.1"

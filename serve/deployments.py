@@ -110,7 +110,7 @@ class Model:
         device = self.cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.predictor = Predictor(path, name, version, device=device)
+        self.predictor = Predictor(path, name, version, device=device, operating_point=self.cfg.operating_point())
         self.uri = uri
 
     def reconfigure(self, user_config: dict) -> None:
@@ -123,6 +123,7 @@ class Model:
     def info(self) -> dict:
         p = self.predictor
         return {"model": p.name, "version": p.version, "classes": p.classes,
+                "operating_point": p.model.decision.describe(p.classes),
                 "short_edge": p.model.short_edge, "tile_edge": p.model.tile_edge, "uri": self.uri}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from flows.config import ConfigError
 
-from .batch import ENCODED, SCORE, TAGS, check_budget, prob_column, score, stream
+from .batch import ENCODED, SCORE, TAGS, check_budget, check_operating_point, prob_column, score, stream
 from .batch_config import PredictConfig, load_predict
 
 CARRY = ("id", "path", "kind", "timestamp", "split", "label_name")
@@ -64,7 +64,7 @@ def list_files(root: Path) -> list[str]:
 
 def output_columns(names: list[str], classes: list[str]) -> list[str]:
     """The output's column order: carried-over columns, label, probs, model, version, error."""
-    tail = ["label", *(prob_column(c) for c in classes), SCORE, TAGS, "model", "version", "error", "detail"]
+    tail = ["label", "uncertain", *(prob_column(c) for c in classes), SCORE, TAGS, "model", "version", "error", "detail"]
     return [c for c in CARRY if c in names] + [c for c in tail if c in names]
 
 
@@ -81,7 +81,9 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
     t0 = time.time()
     kind, src = resolve_input(inp)
     model_dir, name, version = resolve_model(cfg.model, cfg.tracking_uri or None)
-    classes = json.loads((Path(model_dir) / META).read_text())["classes"]
+    meta = json.loads((Path(model_dir) / META).read_text())
+    classes = meta["classes"]
+    check_operating_point(meta, cfg)
     init_ray(num_cpus)
     check_budget(cfg.cpus_needed(), "sift predict")
     if kind == "images":
@@ -100,7 +102,7 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
           f"actor pool {cfg.min_actors}..{cfg.max_actors}", flush=True)
     ds = score(ds, str(model_dir), source=ENCODED, batch_size=cfg.batch_size, min_actors=cfg.min_actors,
                max_actors=cfg.max_actors, actor_cpus=cfg.actor_cpus, threads=cfg.threads,
-               limits=Limits.of(load_serve()), tiles=cfg.tiles)
+               limits=Limits.of(load_serve()), tiles=cfg.tiles, operating_point=cfg.operating_point())
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
         if writer is not None:
             writer.close()
     if writer is None:  # no rows at all: still an output, with the columns a reader expects
-        names = ["id", "path", "label", *map(prob_column, classes), "model", "version", "error", "detail"]
+        names = ["id", "path", "label", "uncertain", *map(prob_column, classes), "model", "version", "error", "detail"]
         empty = {c: pa.array([], pa.float64() if c.startswith("prob_") else pa.string()) for c in names}
         pq.write_table(pa.table(empty), tmp)
     tmp.replace(out)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from flows.config import ConfigError
 from flows.images import open_image, resize_short
 from flows.validate import Reject, check
 from train.artifact import META, SiftModel
@@ -129,8 +130,15 @@ def sampled_frames(path: str, fps: float, short_edge: int, cfg):
 class Predictor:
     """A loaded model plus the response format; ``classify`` takes prepared RGB arrays."""
 
-    def __init__(self, model_dir: Path, name: str = "", version: str = "", device: str = "cpu"):
+    def __init__(self, model_dir: Path, name: str = "", version: str = "", device: str = "cpu",
+                 operating_point: dict | None = None):
+        """``operating_point``: ``SiftModel.operating_point`` keywords (serve-time thresholds)."""
         self.model = SiftModel(model_dir, device=device)
+        if operating_point:
+            try:
+                self.model.operating_point(**operating_point)
+            except ValueError as exc:
+                raise ConfigError(f"operating point: {exc}") from None
         self.name, self.version = name or Path(model_dir).name, version or "local"
         self.classes = self.model.classes
 
@@ -143,13 +151,12 @@ class Predictor:
                                                 latency_ms=(time.perf_counter() - t0) * 1000), o)
 
     def format(self, probs: np.ndarray, latency_ms: float = 0.0) -> list[dict]:
-        from train.metrics import predict_with_thresholds
-
-        pred = predict_with_thresholds(probs, self.model.thresholds) if len(probs) else []
+        """``uncertain``: no class reached its threshold (the label is the fallback class)."""
+        pred, unsure = self.model.decide(probs) if len(probs) else ([], [])
         thresholds = dict(zip(self.classes, map(float, self.model.thresholds)))
-        return [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row))),
+        return [{"label": self.classes[int(k)], "uncertain": bool(u), "probs": dict(zip(self.classes, map(float, row))),
                  "thresholds": thresholds, "model": self.name, "version": self.version,
-                 "latency_ms": round(latency_ms, 2)} for k, row in zip(pred, probs)]
+                 "latency_ms": round(latency_ms, 2)} for k, u, row in zip(pred, unsure, probs)]
 
     def video_summary(self, times: list[float], kinds: list[str], probs: np.ndarray, duration: float,
                       how: str = "max", window: int = 3, scores: list[float] | None = None) -> dict:
@@ -161,12 +168,10 @@ class Predictor:
         t = np.asarray(times, dtype=float)[order]
         p = probs[order]
         sm = smooth(p, window)
-        from train.metrics import predict_with_thresholds
-
-        labels = predict_with_thresholds(sm, self.model.thresholds)
+        labels = self.model.decision.predict(sm)
         video = aggregate(sm if how == "max" else p, how)
         video = video / video.sum()
-        vlabel = video_label(p, sm, self.model.thresholds, how, positive=self.model.positive)
+        vlabel = video_label(p, sm, self.model.decision, how, positive=self.model.positive)
         frames = [{"t": float(t[i]), "kind": kinds[int(order[i])], "label": self.classes[int(labels[i])],
                    "probs": dict(zip(self.classes, map(float, p[i])))} for i in range(len(t))]
         out = {"label": self.classes[vlabel], "probs": dict(zip(self.classes, map(float, video))),

@@ -35,7 +35,7 @@ from flows.config import ConfigError, flat
 from flows.validate import Reject, check, read_head
 from flows.video import VideoError, check_limits, output_size, probe
 
-from .batch import RAW, SCORE, check_budget, prob_column, score, stream
+from .batch import RAW, SCORE, check_budget, check_operating_point, prob_column, score, stream
 from .batch_config import ScanConfig, load_scan
 from .scan_decode import decode_task
 from .scan_plan import keyframe_times, lead_for, plan_chunks
@@ -90,7 +90,8 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
     out = Path(out)
     model_dir, name, version = resolve_model(cfg.model, cfg.tracking_uri or None)
     meta = json.loads((Path(model_dir) / META).read_text())
-    classes, thresholds = meta["classes"], meta["thresholds"]
+    classes = meta["classes"]
+    decision = check_operating_point(meta, cfg)
     if reel is not None and reel not in classes:
         raise ConfigError(f"--reel {reel!r} is not one of the model's classes {classes}")
     init_ray(num_cpus)
@@ -113,7 +114,8 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
         ds = ds.map_batches(decode_task, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
                             num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=cfg.decoders))
         ds = score(ds, str(model_dir), source=RAW, batch_size=cfg.batch_size, min_actors=cfg.min_actors,
-                   max_actors=cfg.max_actors, actor_cpus=cfg.actor_cpus, threads=cfg.threads)
+                   max_actors=cfg.max_actors, actor_cpus=cfg.actor_cpus, threads=cfg.threads,
+                   operating_point=cfg.operating_point())
         total = sum(math.ceil((it["end"] - it["start"]) * cfg.fps) for it in items)
         for batch in stream(ds, "scan", total=total):
             for v in set(batch.column("video").to_pylist()):
@@ -121,7 +123,7 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
 
     done = []
     for i, stem in zip(plans, stems([plans[i]["video"] for i in plans])):
-        entry = finish(plans[i], rows[i], out, stem, cfg, classes, thresholds, model, reel, overlay)
+        entry = finish(plans[i], rows[i], out, stem, cfg, classes, decision, model, reel, overlay)
         (done if "error" not in entry else errors).append(entry)
     summary = {"output": str(out), "model": model, "videos": done, "errors": errors,
                "wall_s": round(time.time() - t0, 3), "config": flat(cfg)}
@@ -135,8 +137,9 @@ def _fail(video: str, reason: str, detail: str) -> dict:
 
 
 def finish(plan: dict, parts: list[pa.Table], out: Path, stem: str, cfg: ScanConfig, classes: list[str],
-           thresholds: list[float], model: dict, reel: str | None, overlay: bool) -> dict:
-    """One video's scored rows -> its timeline files (or its error entry) and, optionally, a reel."""
+           decision, model: dict, reel: str | None, overlay: bool) -> dict:
+    """One video's scored rows -> its timeline files (or its error entry) and, optionally, a reel.
+    ``decision``: the operating point (``train.decision.Decision``) that labels the frames."""
     import numpy as np
 
     video = plan["video"]
@@ -148,12 +151,13 @@ def finish(plan: dict, parts: list[pa.Table], out: Path, stem: str, cfg: ScanCon
         return _fail(video, reason, detail)
     col = lambda n: table.column(n).to_numpy(zero_copy_only=False)  # noqa: E731
     probs = np.stack([col(prob_column(c)) for c in classes], axis=1)
-    tl = build(col("t"), col("score"), col("grid"), probs, classes=classes, thresholds=thresholds,
+    tl = build(col("t"), col("score"), col("grid"), probs, classes=classes, thresholds=decision,
                duration=plan["duration"], scene_threshold=cfg.scene_threshold, min_gap=cfg.min_scene_s,
                window=cfg.smooth, keyframes=cfg.keyframes,
                predicted=col(SCORE) if SCORE in table.column_names else None)
     timeline = {**{k: plan[k] for k in ("video", "duration", "width", "height", "video_fps", "codec")},
-                "fps": cfg.fps, "classes": classes, "thresholds": thresholds, "model": model, **tl,
+                "fps": cfg.fps, "classes": classes, "thresholds": list(decision.thresholds),
+                "operating_point": decision.describe(classes), "model": model, **tl,
                 "config": {k: v for k, v in flat(cfg).items() if k not in ("model", "tracking_uri")}}
     files = {"timeline": str(write_json(out / f"{stem}.timeline.json", timeline)),
              "csv": str(write_csv(out / f"{stem}.timeline.csv", timeline))}

@@ -47,7 +47,7 @@ def build(t, score, grid, probs, *, classes: list[str], thresholds, duration: fl
 
     Cuts: frames scoring above ``scene_threshold``, spaced by ``min_gap`` (:func:`final_cuts`).
     Kept frames: the grid, plus the frame at each cut when ``keyframes``. Labels: per-class
-    thresholds (the serving rule) on the within-scene smoothed probabilities; segments: runs of a
+    thresholds (the serving rule: a ``train.decision.Decision`` or plain thresholds) on the within-scene smoothed probabilities; segments: runs of a
     label, the last one ending at ``duration``. ``predicted`` (N,): a score head's output per frame,
     kept on each frame and averaged over each segment as ``predicted_score``.
     """

@@ -25,7 +25,7 @@ from PIL import Image
 
 from flows.images import open_image, resize_short
 
-from .metrics import predict_with_thresholds
+from .decision import Decision
 from .model import Classifier, Head, HeadOutput
 from .transforms import Preproc, center_crop, five_crops, normalize, square, tile_edge, to_uint8_batch
 
@@ -84,11 +84,9 @@ class SiftModel:
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
         self.classes = self.meta["classes"]
-        self.thresholds = np.asarray(self.meta["thresholds"], dtype=np.float64)
+        # the operating point (train/decision.py); :meth:`operating_point` moves it without retraining
+        self.decision = Decision.from_meta(self.classes, self.meta["thresholds"], self.meta.get("decision"))
         self.temperature = float(self.meta["temperature"])
-        # the worst-mistake class (its flags outrank other labels in a video), None without one
-        positive = (self.meta.get("decision") or {}).get("positive")
-        self.positive = self.classes.index(positive) if positive in self.classes else None
         pp = self.meta["preprocessing"]
         self.preproc, self.short_edge = Preproc.from_dict(pp), int(pp["short_edge"])
         # five-crop tiling starts from a larger decode than the stored short edge (never upscaled)
@@ -117,6 +115,30 @@ class SiftModel:
 
             self.detector = FaceDetector(weights=self.path / faces["weights"], face_classes=faces["face_classes"],
                                          extra_classes=faces.get("extra_classes", ()), conf=faces["conf"])
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """(C,) the per-class thresholds of the current operating point."""
+        return np.asarray(self.decision.thresholds, dtype=np.float64)
+
+    @property
+    def positive(self) -> int | None:
+        """The worst-mistake class (its flags outrank other labels in a video), None without one."""
+        return self.decision.positive
+
+    def operating_point(self, thresholds: dict | None = None, max_rate: float | None = None,
+                        fallback: str | None = None) -> "SiftModel":
+        """Move the operating point in place (``Decision.override``): ``max_rate`` re-reads the
+        positive's threshold off the validation curve the artifact carries, ``thresholds`` {class: t}
+        sets them directly, ``fallback`` a class or "none". Nothing is written. ValueError when wrong."""
+        self.decision = self.decision.override(self.classes, thresholds=thresholds, max_rate=max_rate,
+                                               fallback=fallback)
+        return self
+
+    def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probs (N, C) -> (labels (N,) int, uncertain (N,) bool) by the operating point."""
+        labels, sure = self.decision.labels(probs)
+        return labels, ~sure
 
     # -- preparation: the same steps as preprocessing + training --------------------------------
     def input_edge(self, tiles: int = 1) -> int:
@@ -213,13 +235,14 @@ class SiftModel:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, items: list, tiles: int = 1, tile_agg: str = "mean") -> list[dict]:
-        """Items (bytes, PIL or arrays) -> per item ``{label, probs{class: p}}`` (+ ``score`` with a
-        score head)."""
+        """Items (bytes, PIL or arrays) -> per item ``{label, uncertain, probs{class: p}}`` (+ ``score``
+        with a score head, ``tags`` / ``tag_probs`` with a tag head); ``uncertain``: no class reached
+        its threshold (the label is then the fallback class)."""
         o = self.outputs([self.prepare(i, tiles=tiles) for i in items], tiles, tile_agg)
         p = self.probs(o.logits)
-        pred = predict_with_thresholds(p, self.thresholds) if len(p) else []
-        out = [{"label": self.classes[int(k)], "probs": dict(zip(self.classes, map(float, row)))}
-               for k, row in zip(pred, p)]
+        pred, unsure = self.decide(p) if len(p) else ([], [])
+        out = [{"label": self.classes[int(k)], "uncertain": bool(u), "probs": dict(zip(self.classes, map(float, row)))}
+               for k, u, row in zip(pred, unsure, p)]
         self.add_heads(out, o)
         return out
 

@@ -3,9 +3,10 @@
 * Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", sec. 4.2): one scalar
   T > 0 divides the logits; it is fitted by minimising the validation NLL of softmax(logits / T). It
   never changes the argmax, only the confidence, so accuracy is untouched and ECE usually drops a lot.
-* Per-class thresholds for ``metrics.predict_with_thresholds`` (the serving rule). With a worst
-  mistake (true ``negative`` predicted ``positive``, e.g. GOOD -> BAD) they keep it at or under a
-  rate (:func:`choose_thresholds`); without one they maximise validation macro-F1
+* The operating point (``train.decision.Decision``: per-class thresholds and the rule's roles, the
+  serving rule). With a worst mistake (true ``negative`` predicted ``positive``, e.g. GOOD -> BAD) the
+  positive's threshold keeps it at or under a rate and the rest maximise macro-F1
+  (:func:`choose_decision`); without one they all maximise validation macro-F1
   (:func:`macro_f1_thresholds`): one threshold for a binary task, one per class otherwise.
 
 Shapes: logits (N, C) raw scores (numpy array or torch tensor); y (N,) int labels; probs (N, C).
@@ -17,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from train.metrics import confusion, macro_f1, predict_with_thresholds, rival_share, threshold_interval
+from train.decision import Decision, decide, tau_at_rate
+from train.metrics import confusion, macro_f1
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _TINY = float(np.finfo(np.float64).tiny)
@@ -97,10 +99,6 @@ def _tau_from_interval(lo: float, hi: float) -> float:
     return (lo + hi) / 2.0
 
 
-def _macro_f1_of(probs: np.ndarray, y: np.ndarray, t: np.ndarray) -> float:
-    return macro_f1(confusion(y, predict_with_thresholds(probs, t), probs.shape[1]))
-
-
 def _cuts(score: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The exact sweep of "flag when score >= t": per cut k = 0..K (k flags the first k groups of
     equal scores, highest first) the flagged positives tp, flagged negatives fp and its threshold,
@@ -133,37 +131,65 @@ def _binary_macro_f1_threshold(score: np.ndarray, is0: np.ndarray) -> list[float
     return [tau, max(1.0 - tau, _TINY)]
 
 
-def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.0, 25)) -> list[float]:
-    """Thresholds (C values summing to 1) maximising validation macro-F1 under the serving rule.
+def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.0, 25), fallback: int | None = None,
+                        positive: int | None = None, negative: int | None = None,
+                        fixed: dict[int, float] | None = None) -> list[float]:
+    """Thresholds (C values in (0, 1]) maximising validation macro-F1 under the serving rule
+    (``train.decision.decide`` with these roles).
 
-    Binary (C = 2): one threshold tau on P(class 0), thresholds (tau, 1 - tau), so class 0 is
-    predicted exactly when P(class 0) >= tau. The sweep is exact over the midpoints between
+    Binary (C = 2) without roles: one threshold tau on P(class 0), thresholds (tau, 1 - tau), so class 0
+    is predicted exactly when P(class 0) >= tau. The sweep is exact over the midpoints between
     consecutive distinct scores; among equally good taus the one closest to 0.5 (plain argmax) wins.
-    C > 2: coordinate ascent from equal thresholds (plain argmax): each round scales one class's
-    threshold by every factor in ``grid`` in turn and keeps a change only when macro-F1 strictly
-    rises, so a validation set that cannot tell thresholds apart leaves plain argmax. Equal
-    thresholds when N == 0.
+    Otherwise coordinate ascent from equal thresholds 1/C (plain argmax), ``fixed`` {class: t} held:
+    each round scales one free class's threshold by every factor in ``grid`` in turn (capped at 1) and
+    keeps a change only when macro-F1 strictly rises, so a validation set that cannot tell thresholds
+    apart leaves plain argmax. Equal thresholds when N == 0. Without roles only the ratios matter and
+    the result is normalised to sum to 1.
     """
     probs, y = _numpy(probs, np.float64), _numpy(y, np.int64).ravel()
-    C = probs.shape[1]
+    C, fixed = probs.shape[1], dict(fixed or {})
+    roles = fallback is not None or positive is not None
+    t = np.full(C, 1.0 / max(C, 1))
+    for c, v in fixed.items():
+        t[c] = v
     if y.size == 0 or C < 2:
-        return [1.0 / max(C, 1)] * C
-    if C == 2:
+        return t.tolist()
+    if C == 2 and not roles and not fixed:
         return _binary_macro_f1_threshold(probs[:, 0], y == 0)
-    t = np.full(C, 1.0 / C)
-    score = _macro_f1_of(probs, y, t)
+    def f1_of(th: np.ndarray) -> float:
+        pred = decide(probs, th, fallback=fallback, positive=positive, negative=negative)[0]
+        return macro_f1(confusion(y, pred, C))
+
+    score = f1_of(t)
+    # a class without validation items keeps its threshold: nothing here can say where it belongs
+    free = [c for c in range(C) if c not in fixed and (y == c).any()]
     for _ in range(rounds):
         moved = False
-        for c in range(C):
+        for c in free:
             for g in grid:
                 cand = t.copy()
-                cand[c] *= g
-                f = _macro_f1_of(probs, y, cand)
+                cand[c] = min(cand[c] * g, 1.0)
+                f = f1_of(cand)
                 if f > score + 1e-12:
                     t, score, moved = cand, f, True
         if not moved:
             break
-    return (t / t.sum()).tolist()
+    return (t / t.sum()).tolist() if not roles and not fixed else t.tolist()
+
+
+def operating_curve(probs, y, pos: int, neg: int) -> dict[str, list[float]] | None:
+    """The exact validation sweep of "flag the positive when P(pos) >= tau" over the items of the
+    positive and negative classes: {"tau", "recall", "rate"} per cut, highest threshold first
+    (``train.decision.tau_at_rate`` reads it), plus n_pos / n_neg, the items it rests on. None when
+    either class has no item."""
+    probs, y = _numpy(probs, np.float64), _numpy(y, np.int64).ravel()
+    keep = (y == pos) | (y == neg)
+    n_pos, n_neg = int((y == pos).sum()), int((y == neg).sum())
+    if not n_pos or not n_neg:
+        return None
+    tp, fp, taus = _cuts(probs[keep, pos], y[keep] == pos)
+    return {"tau": [min(max(float(t), _TINY), 1.0) for t in taus], "recall": (tp / n_pos).tolist(),
+            "rate": (fp / n_neg).tolist(), "n_pos": n_pos, "n_neg": n_neg}
 
 
 def tag_thresholds(probs, targets) -> list[float]:
@@ -185,33 +211,46 @@ def tag_thresholds(probs, targets) -> list[float]:
     return out
 
 
-def choose_thresholds(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
-                      max_rate: float = 0.05) -> list[float]:
-    """Per-class thresholds (C values in (0, 1]) for ``metrics.predict_with_thresholds``.
+def choose_decision(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
+                    max_rate: float = 0.05, fallback: str = "") -> Decision:
+    """The operating point (``train.decision.Decision``) chosen on validation items (clean labels only:
+    the caller leaves noisy-pool items out).
 
-    Rule (the one used at serving): pred = argmax_c probs_c / t_c. We return t_positive = tau and
-    t_c = 1 - tau for every other class, so the other classes keep plain argmax among themselves and the
-    positive class is predicted exactly when s = P(pos) / (P(pos) + P(best rival)) >= tau
-    (``metrics.rival_share``; s = P(pos) for two classes, so tau is then a plain probability threshold).
-    tau is picked by the exact sweep of ``metrics.recall_at_rate`` on s: the best recall of the positive
-    class with (negative items predicted positive) / (negative items) <= max_rate, placed halfway
-    between the last flagged and the first unflagged validation score. Hence predicting these
-    validation items with the returned thresholds respects max_rate (unless some negative item has
-    P(pos) = 1 exactly, which no threshold can exclude). tau = 0.5 (plain argmax) when either class has
-    no items. Items of other classes do not enter the constraint.
+    With a worst mistake (true ``negative`` predicted ``positive``): the positive's threshold tau is
+    the best-recall cut of :func:`operating_curve` with (negative items flagged) / (negative items) <=
+    max_rate, halfway between the last flagged and the first unflagged validation score, so these
+    validation items predicted with the result respect max_rate (unless a negative item has P(pos) = 1
+    exactly). Binary: the other class gets 1 - tau (it takes what the positive leaves). More classes:
+    the negative is guarded (never over a more probable positive), items no class claims go to
+    ``fallback``, and the other thresholds maximise macro-F1 with tau held (:func:`macro_f1_thresholds`).
+    Plain argmax (thresholds 1/C, the guard kept) when the positive or the negative has no validation
+    item; a class without validation items keeps 1/C.
 
-    Without a worst mistake (``positive`` empty) the thresholds are :func:`macro_f1_thresholds`.
+    Without a worst mistake (``positive`` empty): :func:`macro_f1_thresholds` with the fallback.
     """
     classes = list(classes)
-    if not positive:
-        return macro_f1_thresholds(probs, y)
-    for name in (positive, negative):
-        if name not in classes:
+    for name in (positive, negative, fallback):
+        if name and name not in classes:
             raise ValueError(f"class {name!r} not in classes {classes}")
-    pi, ni = classes.index(positive), classes.index(negative)
     probs, y = _numpy(probs, np.float64), _numpy(y, np.int64).ravel()
-    recall, lo, hi = threshold_interval(rival_share(probs, pi), y, pi, ni, max_rate)
-    tau = 0.5 if math.isnan(recall) else _tau_from_interval(lo, hi)
-    tau = min(max(tau, _TINY), 1.0)
-    # 1 - tau can round to 0 when tau = 1: keep it > 0 so the rule's division stays defined.
-    return [tau if c == pi else max(1.0 - tau, _TINY) for c in range(len(classes))]
+    C = len(classes)
+    fi = classes.index(fallback) if fallback else None
+    if not positive:
+        return Decision(tuple(macro_f1_thresholds(probs, y, fallback=fi)), fi)
+    pi, ni = classes.index(positive), classes.index(negative)
+    curve = operating_curve(probs, y, pi, ni)
+    if curve is None:  # the worst mistake cannot be measured here: plain argmax, guard kept
+        return Decision(tuple([1.0 / C] * C), fi if C > 2 else None, pi, ni)
+    tau = tau_at_rate(curve, max_rate)
+    curve_t = {k: tuple(curve[k]) for k in ("tau", "recall", "rate")}
+    if C == 2:
+        t = [0.0, 0.0]
+        t[pi], t[ni] = tau, max(1.0 - tau, _TINY)  # 1 - tau can round to 0 when tau = 1
+        return Decision(tuple(t), None, pi, ni, curve_t)
+    t = macro_f1_thresholds(probs, y, fallback=fi, positive=pi, negative=ni, fixed={pi: tau})
+    return Decision(tuple(t), fi, pi, ni, curve_t)
+
+
+def choose_thresholds(probs, y, classes: Sequence[str], **kw) -> list[float]:
+    """The thresholds of :func:`choose_decision` (same arguments)."""
+    return list(choose_decision(probs, y, classes, **kw).thresholds)

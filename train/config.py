@@ -59,6 +59,7 @@ class TrainConfig:
     # the default label set and step aside when BAD or GOOD is absent; empty: no worst mistake
     positive: str = knob("BAD", help="class whose false alarms on `negative` cost most (empty: none)")
     negative: str = knob("GOOD", help="class that must not be predicted `positive` (binary: the other class)")
+    fallback: str = knob("NEUTRAL", help="class of items no class claims (reported uncertain); empty: none")
     # evaluation + selection
     selection: str = knob("auto", help="auto: the worst-mistake operating point when set, else macro_f1")
     threshold_rate: float = knob(0.05, lo=0.0, hi=1.0, help="max negative->positive rate of the thresholds")
@@ -129,6 +130,16 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
         for key in ("cost_worst", "threshold_rate"):
             if key in user:
                 refuse(key, getattr(cfg, key), "applies to the worst mistake, and positive/negative are not set")
+    fallback = cfg.fallback.strip()
+    if fallback and fallback.lower() not in canon:
+        if "fallback" in user:
+            refuse("fallback", fallback)
+        fallback = ""  # the default's NEUTRAL steps aside for a label set without it
+    fallback = canon.get(fallback.lower(), "")
+    if fallback and fallback in (pos, neg):
+        if "fallback" in user:
+            refuse("fallback", fallback, "must differ from positive and negative (it takes what neither claims)")
+        fallback = ""
     stray = [c for c in cfg.class_gamma if c.lower() not in canon]
     if stray:
         refuse("class_gamma", dict(cfg.class_gamma), f"names {stray}, not in the data")
@@ -148,7 +159,7 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
             if "selection" in user:
                 refuse("selection", selection)
             selection = "auto"
-    return replace(cfg, positive=pos, negative=neg, class_gamma=gamma, zero_shot_prompts=prompts,
+    return replace(cfg, positive=pos, negative=neg, fallback=fallback, class_gamma=gamma, zero_shot_prompts=prompts,
                    selection=auto if selection.lower() == "auto" else selection)
 
 

@@ -50,12 +50,26 @@ def pool_mixes(probs, y, pool, classes: list[str], priors: dict) -> dict[str, di
     return out
 
 
-def decision_rule(cfg) -> dict:
-    """How the thresholds were chosen, recorded in the artifact beside them."""
+def decision_record(cfg, decision, classes: list[str], counts: dict) -> dict:
+    """How the operating point was chosen, recorded in the artifact beside the thresholds: the rule,
+    its roles, the positive's validation curve (to move it at serve time) and the clean validation
+    items it rests on."""
+    rec = {"rule": "worst_mistake" if cfg.positive else "macro_f1",
+           "fallback": classes[decision.fallback] if decision.fallback is not None else None,
+           "calibration_items": counts}
     if cfg.positive:
-        return {"rule": "worst_mistake", "positive": cfg.positive, "negative": cfg.negative,
-                "max_rate": cfg.threshold_rate}
-    return {"rule": "macro_f1"}
+        rec.update(positive=cfg.positive, negative=cfg.negative, max_rate=cfg.threshold_rate,
+                   curve={k: list(v) for k, v in decision.curve.items()} if decision.curve else None)
+    return rec
+
+
+# fewer clean validation items than this per class, and calibration says it rests on too little
+MIN_CALIBRATION_ITEMS = 30
+
+
+def calibration_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
+    """{class: clean validation items}, plus "total"."""
+    return {**{c: int((y == i).sum()) for i, c in enumerate(classes)}, "total": int(len(y))}
 
 
 def binary_point(classes: list[str], thresholds: list[float], positive: str) -> dict[int, float] | None:
@@ -77,14 +91,25 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         model.load_state_dict(best["weights"])
     val_logits, val_y, val_scores, val_tags, val_pool = _outputs(model, "val", ctx)
     tag_t = calibrate.tag_thresholds(*val_tags) if val_tags is not None else []
-    temperature = calibrate.fit_temperature(val_logits, val_y) if len(val_y) else 1.0
+    # temperature and thresholds rest on clean labels only: a noisy-pool item's label is a guess
+    clean = val_pool == 0
+    counts = calibration_counts(val_y[clean], classes)
+    thin = [c for c in classes if counts[c] < MIN_CALIBRATION_ITEMS]
+    if thin:
+        print(f"[train] calibration rests on few clean validation items: {counts} (fewer than "
+              f"{MIN_CALIBRATION_ITEMS} for {thin}); its temperature and thresholds are rough: label more "
+              "items or raise the preprocess val fraction", flush=True)
+    temperature = calibrate.fit_temperature(val_logits[clean], val_y[clean]) if clean.any() else 1.0
     val_p = calibrate.apply_temperature(val_logits, temperature)
-    thresholds = calibrate.choose_thresholds(val_p, val_y, classes, positive=cfg.positive,
-                                             negative=cfg.negative, max_rate=cfg.threshold_rate) \
-        if len(val_y) else [1.0 / len(classes)] * len(classes)
+    decision = calibrate.choose_decision(val_p[clean], val_y[clean], classes, positive=cfg.positive,
+                                         negative=cfg.negative, max_rate=cfg.threshold_rate,
+                                         fallback=cfg.fallback)
+    thresholds = list(decision.thresholds)
     test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
+    tclean = test_pool == 0  # test metrics on clean labels too (the noisy pool enters only the mix estimate)
     out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"],
+                             **{f"calibration_n_{metrics.metric_name(k)}": float(v) for k, v in counts.items()},
                              **{f"test_{k}": v for k, v in test_scores.items()},
                              **{f"val_{k}": v for k, v in val_scores.items()}}
     mixes = pool_mixes(np.concatenate([val_p, test_p]), np.r_[val_y, test_y], np.r_[val_pool, test_pool],
@@ -100,15 +125,13 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     if test_tags is not None and len(test_tags[0]):
         out.update({f"test_{k}": v for k, v in metrics.tag_metrics(*test_tags, tag_t, ctx["tags"]).items()})
     cm = None
-    if len(test_y):
-        m = metrics.evaluate(test_p, test_y, classes, positive=cfg.positive, negative=cfg.negative,
-                             rates=report_rates(cfg),
-                             thresholds=thresholds)
+    if tclean.any():
+        m = metrics.evaluate(test_p[tclean], test_y[tclean], classes, positive=cfg.positive, negative=cfg.negative,
+                             rates=report_rates(cfg), thresholds=decision)
         cm = np.asarray(m.pop("confusion"))
         out.update({f"test_{k}": float(v) for k, v in m.items()})
-    mv = metrics.evaluate(val_p, val_y, classes, positive=cfg.positive, negative=cfg.negative,
-                          rates=report_rates(cfg),
-                          thresholds=thresholds) if len(val_y) else {}
+    mv = metrics.evaluate(val_p[clean], val_y[clean], classes, positive=cfg.positive, negative=cfg.negative,
+                          rates=report_rates(cfg), thresholds=decision) if clean.any() else {}
     mv.pop("confusion", None)
     out.update({f"val_cal_{k}": float(v) for k, v in mv.items()})
     out_dir = Path(ctx["out_dir"])
@@ -117,9 +140,9 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         d = Path(d)
         if cm is not None:
             plots.confusion_plot(cm, classes, d / "confusion_test.png", title="test (calibrated, thresholds)")
-            plots.pr_curves_plot(test_p, test_y, classes, d / "pr_curves_test.png",
+            plots.pr_curves_plot(test_p[tclean], test_y[tclean], classes, d / "pr_curves_test.png",
                                  points=binary_point(classes, thresholds, cfg.positive))
-            plots.reliability_plot(test_p, test_y, d / "reliability_test.png")
+            plots.reliability_plot(test_p[tclean], test_y[tclean], d / "reliability_test.png")
         plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx["run_name"])
         for png in d.glob("*.png"):
             (out_dir / png.name).write_bytes(png.read_bytes())
@@ -134,7 +157,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
-        decision=decision_rule(cfg), score_range=ctx["score_range"] if cfg.score_head else None,
+        decision=decision_record(cfg, decision, classes, counts), score_range=ctx["score_range"] if cfg.score_head else None,
         tags=ctx["tags"], tag_thresholds=tag_t,
         zero_shot={"prompts": ctx["zero_shot"]["prompts"], "scale": ctx["zero_shot"]["scale"]}
         if ctx.get("zero_shot") else None)
@@ -149,6 +172,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     summary = {"noisy_pools": mixes, "run_id": run.info.run_id if run else "", "run_name": ctx["run_name"],
                "model": str(art),
                "model_name": cfg.model_name, "version": version, "thresholds": thresholds,
+               "decision": decision.describe(classes), "calibration_items": counts,
                "classes": classes, "metrics": out, "confusion_test": cm.tolist() if cm is not None else None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .decision import Decision
+
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")  # MLflow metric names allow only these
 
 
@@ -55,7 +57,7 @@ def macro_f1(cm) -> float:
 
 def threshold_interval(scores, y, pos_idx: int, neg_idx: int,
                        max_rate: float) -> tuple[float, float, float]:
-    """Exact threshold sweep behind ``recall_at_rate`` and ``calibrate.choose_thresholds``: (recall, lo, hi).
+    """Exact threshold sweep behind ``recall_at_rate``: (recall, lo, hi).
 
     Every threshold t in the half-open interval (lo, hi] flags (score >= t) the same items, and that set
     has the best positive recall with negative rate <= max_rate; among such sets it is the smallest
@@ -144,34 +146,12 @@ def ece(probs, y, bins: int = 15) -> float:
     return float(np.sum(count * np.abs(acc - conf)) / n) if n else math.nan
 
 
-def predict_with_thresholds(probs, thresholds: Sequence[float]) -> np.ndarray:
-    """Serving rule: pred = argmax_c probs[:, c] / thresholds[c]; ties go to the lowest class index.
-
-    thresholds (C,) > 0. Only their ratios matter, so equal thresholds give plain argmax. A class with a
-    higher threshold needs proportionally more probability to win: with thresholds t_pos = tau for the
-    positive class and 1 - tau for every other class (what ``calibrate.choose_thresholds`` returns),
-    the positive class is predicted exactly when rival_share(probs, pos) >= tau, i.e. when
-    P(pos) / (P(pos) + P(best other class)) >= tau; with two classes that is simply P(pos) >= tau.
-    Serving copy: ``np.argmax(probs / thresholds, axis=1)``.
-    """
-    probs, t = np.asarray(probs, dtype=np.float64), np.asarray(thresholds, dtype=np.float64)
-    if t.shape != probs.shape[1:]:
-        raise ValueError(f"need {probs.shape[1]} thresholds, got shape {t.shape}")
-    if not np.all(t > 0):
-        raise ValueError(f"thresholds must be > 0, got {t.tolist()}")
-    return np.argmax(probs / t, axis=1)
-
-
-def rival_share(probs, pos_idx: int) -> np.ndarray:
-    """(N,) P(pos) / (P(pos) + max_{c != pos} P(c)), the score ``predict_with_thresholds`` thresholds.
-
-    0.5 where both are 0 (not reachable when rows sum to 1). Equals P(pos) for two classes.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    p = probs[:, pos_idx]
-    rival = np.delete(probs, pos_idx, axis=1).max(axis=1) if probs.shape[1] > 1 else np.zeros_like(p)
-    den = p + rival
-    return np.divide(p, den, out=np.full_like(p, 0.5), where=den > 0)
+def predict_with_thresholds(probs, thresholds) -> np.ndarray:
+    """The serving rule's labels (N,) for probs (N, C): ``thresholds`` is a ``train.decision.Decision``
+    or plain per-class thresholds (C,) > 0. Plain thresholds are argmax_c probs[:, c] / thresholds[c]
+    (ties to the lowest index; equal thresholds are plain argmax); a Decision adds its roles (guard,
+    fallback). One implementation: ``train.decision.decide``."""
+    return Decision.of(thresholds).predict(probs)
 
 
 def tag_metrics(probs, targets, thresholds: Sequence[float], tags: Sequence[str]) -> dict[str, float]:
@@ -240,7 +220,8 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: 
              rates: Sequence[float] = (0.01, 0.02, 0.05), thresholds: Sequence[float] | None = None) -> dict:
     """Flat dict of float metrics for mlflow.log_metrics, plus "confusion" (C x C nested list of ints).
 
-    Predictions are argmax, or ``predict_with_thresholds`` when thresholds are given. Keys (class names
+    Predictions are argmax, or the serving rule when ``thresholds`` (a Decision or per-class
+    thresholds) are given; uncertain_rate is the share of items no class claimed. Keys (class names
     passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> and
     ap_<C> (one-vs-rest average precision of P(C), independent of the predictions) for each class and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
     these predictions) and <pos>_recall_at_<neg>2<pos>_le_<pct> per rate (the best recall of a sweep
@@ -250,11 +231,15 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: 
     C = len(classes)
     if probs.ndim != 2 or probs.shape != (y.size, C):
         raise ValueError(f"probs must be (N, C) = ({y.size}, {C}), got {probs.shape}")
-    pred = np.argmax(probs, axis=1) if thresholds is None else predict_with_thresholds(probs, thresholds)
+    if thresholds is None:
+        pred, sure = np.argmax(probs, axis=1), np.ones(y.size, bool)
+    else:
+        pred, sure = Decision.of(thresholds).labels(probs)
     cm = confusion(y, pred, C)
     n = int(cm.sum())
     out: dict = {"accuracy": float(np.trace(cm) / n) if n else math.nan,
-                 "macro_f1": macro_f1(cm), "ece": ece(probs, y)}
+                 "macro_f1": macro_f1(cm), "ece": ece(probs, y),
+                 "uncertain_rate": float((~sure).mean()) if n else math.nan}
     p, r, f, _ = _prf(cm)
     for i, c in enumerate(classes):
         name = metric_name(c)

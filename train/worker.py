@@ -63,8 +63,8 @@ def _optimizer(model: Classifier, cfg, backbone_params):
 
 
 def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
-    logits, y, _ = predict_logits(model, _iter(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
-    labeled = y >= 0
+    logits, y, pool = predict_logits(model, _iter(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
+    labeled = (y >= 0) & (pool == 0)  # selection rests on clean labels only
     logits, y = logits[labeled], y[labeled]
     if len(y) == 0:
         return {}, logits, y
@@ -217,7 +217,7 @@ def _start_run(ctx: dict):
         mlflow.log_params({"data": ctx["data_dir"], "n_labeled": ctx["n_labeled"],
                            "n_unlabeled": ctx["n_unlabeled"], "n_val": ctx["n_val"],
                            "classes_list": ",".join(ctx["classes"])})
-        mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx["backbone_dir"]})
+        mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx["backbone_dir"], **ctx.get("mlflow_tags", {})})
         _log_corrections(mlflow, ctx.get("corrections"))
     return mlflow, run
 

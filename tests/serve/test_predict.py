@@ -106,8 +106,9 @@ def test_a_scorer_writes_the_score_and_tag_heads(tmp_path):
     s = out[B.SCORE]
     assert 0.0 <= s[0] <= 10.0 and math.isnan(s[1]) and 0.0 <= s[2] <= 10.0
     assert out["error"] == ["", "not_media", ""], out["error"]
-    assert output_columns([*out, "model", "version"], ["a", "b"])[-9:] == [
-        "label", "prob_a", "prob_b", B.SCORE, B.TAGS, "model", "version", "error", "detail"]
+    assert out["uncertain"] == [False, None, False]  # two classes at (0.5, 0.5): one always passes
+    assert output_columns([*out, "model", "version"], ["a", "b"])[-10:] == [
+        "label", "uncertain", "prob_a", "prob_b", B.SCORE, B.TAGS, "model", "version", "error", "detail"]
 
 
 def test_predict_folder_and_parquet(ray_session, trained, preprocessed, tmp_path):

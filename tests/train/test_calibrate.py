@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.calibrate import apply_temperature, choose_thresholds, fit_temperature, nll
-from train.metrics import predict_with_thresholds, recall_at_fpr, rival_share
+from train.calibrate import apply_temperature, choose_decision, choose_thresholds, fit_temperature, nll, operating_curve
+from train.metrics import predict_with_thresholds, recall_at_fpr
 
 CLASSES = ["BAD", "NEUTRAL", "GOOD"]
 BAD, NEUTRAL, GOOD = range(3)
@@ -61,20 +61,28 @@ def test_apply_temperature_rejects_non_positive():
         apply_temperature(np.zeros((2, 3)), 0.0)
 
 
-# --- thresholds --------------------------------------------------------------------------------------
+# --- thresholds with a worst mistake -----------------------------------------------------------------
+
+def _best_recall(probs, y, max_rate):
+    """BAD recall of the best cut of P(BAD) with GOOD->BAD <= max_rate (the sweep, other classes out)."""
+    return recall_at_fpr(probs, y, BAD, GOOD, max_rate)[0]
+
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("max_rate", [0.0, 0.01, 0.05, 0.2])
-def test_chosen_thresholds_respect_rate_on_validation(seed, max_rate):
+def test_chosen_operating_point_respects_rate_on_validation(seed, max_rate):
     probs, y = _val_set(seed=seed)
-    t = choose_thresholds(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=max_rate)
-    assert len(t) == 3 and all(0 < v <= 1 for v in t)
-    pred = predict_with_thresholds(probs, t)
+    d = choose_decision(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=max_rate, fallback="NEUTRAL")
+    assert len(d.thresholds) == 3 and all(0 < v <= 1 for v in d.thresholds)
+    assert (d.positive, d.negative, d.fallback) == (BAD, GOOD, NEUTRAL)
+    pred = d.predict(probs)
     assert np.mean(pred[y == GOOD] == BAD) <= max_rate
-    # the positive class gets the best recall the sweep on the serving score allows
-    share = np.stack([rival_share(probs, BAD), 1 - rival_share(probs, BAD)], 1)
-    best, _ = recall_at_fpr(share, np.where(y == BAD, 0, np.where(y == GOOD, 1, 2)), 0, 1, max_rate)
-    assert np.mean(pred[y == BAD] == BAD) == pytest.approx(best)
+    # BAD is predicted only at or above its threshold, and the threshold is the sweep's best cut
+    assert np.all(probs[pred == BAD, BAD] >= d.thresholds[BAD])
+    flagged = probs[y == BAD, BAD] >= d.thresholds[BAD]
+    assert flagged.mean() == pytest.approx(_best_recall(probs, y, max_rate))
+    # the guard: GOOD never wins over a more probable BAD
+    assert not np.any((pred == GOOD) & (probs[:, GOOD] < probs[:, BAD]))
 
 
 def test_chosen_thresholds_with_ties_and_two_classes():
@@ -84,40 +92,55 @@ def test_chosen_thresholds_with_ties_and_two_classes():
     p_bad = np.round(np.clip(rng.normal(0.4 + 0.2 * (y == 0), 0.2), 0, 0.99), 2)
     probs = np.stack([p_bad, 1 - p_bad], 1)
     for max_rate in (0.0, 0.02, 0.1):
-        t = choose_thresholds(probs, y, ["BAD", "GOOD"], positive="BAD", negative="GOOD", max_rate=max_rate)
-        pred = predict_with_thresholds(probs, t)
+        d = choose_decision(probs, y, ["BAD", "GOOD"], positive="BAD", negative="GOOD", max_rate=max_rate)
+        pred, sure = d.labels(probs)
         assert np.mean(pred[y == 1] == 0) <= max_rate
-        # with two classes the positive threshold is a plain probability threshold
-        assert np.array_equal(pred == 0, p_bad >= t[0])
+        # with two classes the positive threshold is a plain probability threshold, and the other
+        # class takes the rest (uncertain where it is the less probable one)
+        assert np.array_equal(pred == 0, p_bad >= d.thresholds[0])
+        assert np.array_equal(~sure, (p_bad < d.thresholds[0]) & (p_bad > 0.5))
         assert np.mean(pred[y == 0] == 0) == pytest.approx(recall_at_fpr(probs, y, 0, 1, max_rate)[0])
 
 
 def test_chosen_thresholds_custom_names_and_five_classes():
     probs, y = _val_set(c=5, seed=7)
     names = ["a", "spam", "b", "c", "ham"]
-    t = choose_thresholds(probs, y, names, positive="spam", negative="ham", max_rate=0.03)
-    assert all(0 < v <= 1 for v in t) and len(set(t[i] for i in (0, 2, 3, 4))) == 1
-    pred = predict_with_thresholds(probs, t)
+    d = choose_decision(probs, y, names, positive="spam", negative="ham", max_rate=0.03)
+    assert all(0 < v <= 1 for v in d.thresholds) and d.fallback is None
+    pred = d.predict(probs)
     assert np.mean(pred[y == 4] == 1) <= 0.03
-    # classes other than the positive keep argmax among themselves
-    not_pos = pred != 1
-    others = np.where(np.arange(5) == 1, -np.inf, probs).argmax(1)
-    assert np.array_equal(pred[not_pos], others[not_pos])
+    assert np.all(probs[pred == 1, 1] >= d.thresholds[1])  # spam only at or above its threshold
+    assert not np.any((pred == 4) & (probs[:, 4] < probs[:, 1]))  # ham never over a more probable spam
+    # the other thresholds maximise macro-F1 with spam's held: never worse than leaving them equal
+    plain = list(d.thresholds)
+    for c in (0, 2, 3, 4):
+        plain[c] = 0.2
+    assert _macro_f1(probs, y, d) >= _macro_f1(probs, y, d.__class__(tuple(plain), None, 1, 4)) - 1e-12
 
 
 def test_chosen_thresholds_degenerate_inputs():
     probs, y = _val_set()
     y[y == GOOD] = NEUTRAL  # no negative item: plain argmax
-    t = choose_thresholds(probs, y, CLASSES, positive="BAD", negative="GOOD")
-    assert np.array_equal(predict_with_thresholds(probs, t), probs.argmax(1))
+    d = choose_decision(probs, y, CLASSES, positive="BAD", negative="GOOD")
+    assert d.curve is None and np.array_equal(d.predict(probs), probs.argmax(1))
     with pytest.raises(ValueError, match="GOOD"):
-        choose_thresholds(probs, y, ["BAD", "NEUTRAL", "OK"], positive="BAD", negative="GOOD")
+        choose_decision(probs, y, ["BAD", "NEUTRAL", "OK"], positive="BAD", negative="GOOD")
     # a negative item that the model is certain is positive and the rate 0: nothing may be flagged
     probs = np.array([[0.9, 0.05, 0.05], [0.99, 0.005, 0.005], [0.2, 0.2, 0.6]])
-    t = choose_thresholds(probs, np.array([BAD, GOOD, GOOD]), CLASSES, positive="BAD", negative="GOOD",
-                          max_rate=0.0)
-    assert all(0 < v <= 1 for v in t)
-    assert not np.any(predict_with_thresholds(probs, t) == BAD)
+    d = choose_decision(probs, np.array([BAD, GOOD, GOOD]), CLASSES, positive="BAD", negative="GOOD",
+                        max_rate=0.0, fallback="NEUTRAL")
+    assert all(0 < v <= 1 for v in d.thresholds)
+    assert d.predict(probs).tolist() == [NEUTRAL, NEUTRAL, GOOD]  # not BAD, and not GOOD either: uncertain
+
+
+def test_operating_curve_is_the_exact_sweep():
+    probs = np.array([[0.9, 0.05, 0.05], [0.7, 0.1, 0.2], [0.6, 0.1, 0.3], [0.2, 0.1, 0.7], [0.5, 0.4, 0.1]])
+    y = np.array([BAD, GOOD, BAD, GOOD, NEUTRAL])  # the NEUTRAL item is not on the curve
+    c = operating_curve(probs, y, BAD, GOOD)
+    assert (c["n_pos"], c["n_neg"]) == (2, 2)
+    assert c["recall"] == [0.0, 0.5, 0.5, 1.0, 1.0] and c["rate"] == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert c["tau"] == pytest.approx([0.95, 0.8, 0.65, 0.4, 0.2])  # halfway between neighbours
+    assert operating_curve(probs, np.full(5, BAD), BAD, GOOD) is None
 
 
 # --- thresholds without a worst mistake: validation macro-F1 -----------------------------------------

@@ -16,7 +16,6 @@ from train.metrics import (
     predict_with_thresholds,
     rate_tag,
     recall_at_fpr,
-    rival_share,
 )
 from train.selection import selection_score
 
@@ -160,13 +159,10 @@ def test_equal_thresholds_are_argmax():
         assert np.array_equal(predict_with_thresholds(probs, [t] * 5), probs.argmax(1))
 
 
-def test_threshold_rule_is_rival_share_cut():
+def test_plain_thresholds_are_argmax_of_the_ratio():
     probs, _ = _random(2000, seed=4)
-    for tau in (0.1, 0.3, 0.5, 0.8, 0.95):
-        pred = predict_with_thresholds(probs, [tau, 1 - tau, 1 - tau])
-        share = rival_share(probs, BAD)
-        away = np.abs(share - tau) > 1e-12
-        assert np.array_equal((pred == BAD)[away], (share >= tau)[away])
+    for t in ([0.3, 0.7, 0.7], [0.9, 0.1, 0.2], [0.5, 0.5, 0.05]):
+        assert np.array_equal(predict_with_thresholds(probs, t), (probs / np.array(t)).argmax(1))
     two = np.array([[0.3, 0.7], [0.7, 0.3], [0.65, 0.35]])
     assert np.array_equal(predict_with_thresholds(two, [0.68, 0.32]), [1, 0, 1])  # P(0) >= 0.68
 
@@ -185,7 +181,7 @@ def test_evaluate_keys_values_and_mlflow_names():
     m = evaluate(probs, y, CLASSES, positive="BAD", negative="GOOD")
     cm = np.array(m.pop("confusion"))
     assert cm.sum() == len(y)
-    expected = {"accuracy", "macro_f1", "ece", "GOOD2BAD_rate"}
+    expected = {"accuracy", "macro_f1", "ece", "uncertain_rate", "GOOD2BAD_rate"}
     expected |= {f"{k}_{c}" for k in ("precision", "recall", "f1", "ap") for c in CLASSES}
     expected |= {f"BAD_recall_at_GOOD2BAD_le_{p}" for p in (1, 2, 5)}
     assert set(m) == expected
