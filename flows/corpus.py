@@ -6,7 +6,10 @@ ground truth in ``out/_meta/truth.jsonl``. Items are split into three pools the 
 folders look: a clean pool in the folders of the non-NEUTRAL classes (with a little label noise),
 a noisy NEUTRAL folder that is a mixture of classes, and an unlabeled pool. Every item draws from
 its own RNG seeded by (seed, index), so the same arguments give byte-identical files with any
-number of workers. Run ``python -m flows.corpus OUT --images N --videos M`` for the CLI.
+number of workers. ``style`` changes the pictures' look and nothing else (same plan: paths, classes,
+pools and formats; see ``flows.corpus_draw``): style 0 is the original look, byte-identical for a
+seed, and a corpus in another style is a test of whether a model learned the cues or the look. Run
+``python -m flows.corpus OUT --images N --videos M [--style S]`` (``sift make-corpus``) for the CLI.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flows.corpus_draw import CLASSES, encode, render
+from flows.config import ConfigError
+from flows.corpus_draw import CLASSES, STYLES, encode, look_of, render
 from flows.corpus_video import write_video
 from flows.schema import UNLABELED
 
@@ -86,10 +90,15 @@ def plan_formats(n: int, rng) -> list[tuple[str, str | None]]:
 
 
 def _write_image(job: dict) -> dict:
-    """Render, encode and write one image (runs in a worker process); returns its truth row."""
-    rng = _rng(job["seed"], _IMAGE, job["index"])
-    size = job["size"] or SIZES[int(rng.integers(len(SIZES)))]
-    data = encode(render(job["true"], rng, size), job["format"], job["variant"], rng)
+    """Render, encode and write one image (runs in a worker process); returns its truth row.
+
+    The size comes from the item's style-0 stream, so an item has the same size in every style; the
+    drawing of another style runs on its own sub-stream (style 0 keeps the stream it always used)."""
+    style = job.get("style", 0)
+    base = _rng(job["seed"], _IMAGE, job["index"])
+    size = job["size"] or SIZES[int(base.integers(len(SIZES)))]
+    rng = base if style == 0 else _rng(job["seed"], _IMAGE, job["index"], style)
+    data = encode(render(job["true"], rng, size, style), job["format"], job["variant"], rng)
     Path(job["out"], job["path"]).write_bytes(data)
     return {k: job[k] for k in ("path", "true", "given", "pool", "format", "variant")} | {
         "kind": "image", "expect_reject": None, "width": size[0], "height": size[1]}
@@ -137,20 +146,21 @@ def _bomb(png: bytes, side: int = 30000) -> bytes:
     return bytes(data)
 
 
-def write_broken(out: Path, seed: int, classes, with_video: bool) -> list[dict]:
+def write_broken(out: Path, seed: int, classes, with_video: bool, style: int = 0) -> list[dict]:
     """The files an ingest must reject (or, for the PNG named .jpg, accept), spread over the folders."""
-    rng = _rng(seed, _BROKEN)
+    rng = _rng(seed, _BROKEN, 0, style)
     folders = [*classes, UNLABELED]
-    jpeg = encode(render(classes[0], rng, (320, 240)), "jpeg", None, rng)
+    jpeg = encode(render(classes[0], rng, (320, 240), style), "jpeg", None, rng)
     png_cls = str(rng.choice(classes))
     cases = [  # (name, content, reject reason, content format)
         ("truncated.jpg", jpeg[: int(len(jpeg) * 0.4)], "decode_error", "jpeg"),
         ("empty.jpg", b"", "empty", None),
-        ("bomb.png", _bomb(encode(render(classes[0], rng, (64, 64)), "png", None, rng)), "too_many_pixels", "png"),
+        ("bomb.png", _bomb(encode(render(classes[0], rng, (64, 64), style), "png", None, rng)), "too_many_pixels",
+         "png"),
         ("notes.jpg", b"This is a text file, not a picture.\n" * 20, "not_media", "text"),
         ("page.png", b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not found</body></html>\n",
          "not_media", "html"),
-        ("png_named.jpg", encode(render(png_cls, rng, (320, 240)), "png", None, rng), None, "png"),
+        ("png_named.jpg", encode(render(png_cls, rng, (320, 240), style), "png", None, rng), None, "png"),
         ("random.mp4", rng.bytes(8192), "not_media", None),
     ]
     if with_video:  # mp4 keeps its index (moov) at the end, so the first half cannot be decoded
@@ -181,16 +191,17 @@ def _prepare(out: Path, folders) -> None:
         (out / name).mkdir(parents=True, exist_ok=True)
 
 
-def _jobs(out, images, videos, seed, size, classes, labeled, noisy, label_noise, neutral_mix):
-    """Every image and video to write, fully planned here so workers only render."""
+def _jobs(out, images, videos, seed, size, classes, labeled, noisy, label_noise, neutral_mix, style=0):
+    """Every image and video to write, fully planned here so workers only render. The plan does not
+    depend on ``style``: another style draws the same items in another look."""
     rng = _rng(seed, _PLAN)
     jobs = []
     for i, ((true, given), (fmt, variant)) in enumerate(zip(
             plan_labels(images, classes, labeled, noisy, label_noise, neutral_mix, rng),
             plan_formats(images, rng))):
         ext = ".jpeg" if fmt == "jpeg" and i % 7 == 3 else EXTS[fmt]  # both JPEG spellings occur
-        jobs.append({"kind": "image", "index": i, "seed": seed, "out": str(out), "size": size, "true": true,
-                     "given": given, "pool": pool_of(given), "format": fmt, "variant": variant,
+        jobs.append({"kind": "image", "index": i, "seed": seed, "style": style, "out": str(out), "size": size,
+                     "true": true, "given": given, "pool": pool_of(given), "format": fmt, "variant": variant,
                      "path": f"{given}/img_{i:06d}{ext}"})
     unlabeled = set(rng.permutation(videos)[: round(videos * max(0.0, 1 - labeled - noisy))].tolist())
     for i in range(videos):
@@ -224,13 +235,21 @@ def _run_all(jobs, workers: int, progress: bool) -> list[dict]:
 def make_corpus(out: Path, images: int, videos: int, seed: int = 0, size: tuple[int, int] | None = None,
                 classes=("BAD", "NEUTRAL", "GOOD"), labeled: float = 0.4, noisy: float = 0.25,
                 label_noise: float = 0.05, neutral_mix=(("NEUTRAL", 0.65), ("BAD", 0.30), ("GOOD", 0.05)),
-                broken: bool = True, workers: int = 1, progress: bool = True) -> dict:
+                broken: bool = True, workers: int = 1, progress: bool = True, style: int = 0) -> dict:
     """Write the corpus under ``out``; return the summary that also goes to ``_meta/corpus.json``.
 
     ``size`` (width, height) forces one image size; by default each image picks one of SIZES.
     ``workers`` > 1 renders in processes and gives the same bytes as ``workers=1``.
+    ``style`` (one of ``flows.corpus_draw.STYLES``) is the pictures' look; ConfigError for an unknown
+    one, or for videos in a style other than 0 (``flows.corpus_video`` draws its scenes in style 0
+    only, and a "shifted" corpus whose videos are not shifted would mislead).
     """
     out, classes = Path(out), tuple(classes)
+    if style != 0:
+        look_of(style)  # ConfigError for a style that does not exist
+        if videos:
+            raise ConfigError(f"style={style}: videos are drawn in style 0 only; use videos=0 with another style")
+        style = int(style)  # a numpy integer would not go into corpus.json
     if unknown := set(classes) - set(CLASSES):
         raise ValueError(f"the corpus can draw {CLASSES}, not {sorted(unknown)}")
     if noisy > 0 and NEUTRAL not in classes:
@@ -242,17 +261,17 @@ def make_corpus(out: Path, images: int, videos: int, seed: int = 0, size: tuple[
         raise RuntimeError("videos are encoded with ffmpeg, which is not on PATH")
     size = tuple(size) if size else None
     _prepare(out, [*classes, UNLABELED])
-    jobs = _jobs(out, images, videos, seed, size, classes, labeled, noisy, label_noise, neutral_mix)
+    jobs = _jobs(out, images, videos, seed, size, classes, labeled, noisy, label_noise, neutral_mix, style)
     rows = _run_all(jobs, workers, progress)
     if broken:
-        rows += write_broken(out, seed, classes, with_video=has_ffmpeg)
+        rows += write_broken(out, seed, classes, with_video=has_ffmpeg, style=style)
     rows.sort(key=lambda r: r["path"])
     with open(out / "_meta" / "truth.jsonl", "w") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     summary = {
         "params": {"images": images, "videos": videos, "seed": seed, "size": list(size) if size else None,
                    "classes": list(classes), "labeled": labeled, "noisy": noisy, "label_noise": label_noise,
-                   "neutral_mix": [list(m) for m in neutral_mix], "broken": broken},
+                   "neutral_mix": [list(m) for m in neutral_mix], "broken": broken, "style": style},
         "files": len(rows),
         "counts": {key: dict(sorted(Counter(str(r[key]) for r in rows).items()))
                    for key in ("kind", "pool", "given", "true", "format", "expect_reject")},
@@ -280,13 +299,15 @@ def main(argv=None) -> int:
     p.add_argument("--noisy", type=float, default=0.25)
     p.add_argument("--label-noise", type=float, default=0.05)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--style", type=int, default=0, choices=STYLES,
+                   help="the pictures' look (0: the original); the plan and the class cues are the same")
     p.add_argument("--no-broken", dest="broken", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = p.parse_args(argv)
     start = time.perf_counter()
     summary = make_corpus(a.out, a.images, a.videos, seed=a.seed, size=a.size, labeled=a.labeled,
                           noisy=a.noisy, label_noise=a.label_noise, broken=a.broken, workers=a.workers,
-                          progress=a.progress)
+                          progress=a.progress, style=a.style)
     print(json.dumps(summary, indent=2))
     print(f"wrote {summary['files']} files to {a.out} in {time.perf_counter() - start:.1f} s")
     return 0

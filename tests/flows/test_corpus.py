@@ -235,3 +235,73 @@ def test_write_video_cuts_are_where_the_frames_jump(tmp_path):
     assert len(frames) == 60
     jumps = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2))
     assert sorted(np.argsort(jumps)[-2:] + 1) == [20, 35]  # the frames that start a new scene
+
+
+# -- styles: the same plan and cues in another look ------------------------------------------
+
+def _saturation(cls: str, i: int, style: int) -> float:
+    img = render(cls, np.random.default_rng([11, i]), (320, 240), style)
+    return float(np.asarray(img.convert("HSV"))[..., 1].mean())
+
+
+def test_style_0_is_the_default_look(tmp_path):
+    make_corpus(tmp_path / "default", images=14, videos=0, seed=4, progress=False)
+    summary = make_corpus(tmp_path / "zero", images=14, videos=0, seed=4, progress=False, style=0)
+    assert _files(tmp_path / "default") == _files(tmp_path / "zero")  # broken files included
+    assert _truth(tmp_path / "default") == _truth(tmp_path / "zero")
+    assert summary["params"]["style"] == 0
+    assert render("GOOD", np.random.default_rng(3), (96, 64)).tobytes() == \
+        render("GOOD", np.random.default_rng(3), (96, 64), style=0).tobytes()
+
+
+def test_style_1_same_plan_other_pixels(tmp_path):
+    make_corpus(tmp_path / "s0", images=12, videos=0, seed=5, broken=False, progress=False)
+    summary = make_corpus(tmp_path / "s1", images=12, videos=0, seed=5, broken=False, progress=False, style=1)
+    assert summary["params"]["style"] == 1
+    assert json.loads((tmp_path / "s1/_meta/corpus.json").read_text())["params"]["style"] == 1
+    assert _truth(tmp_path / "s0") == _truth(tmp_path / "s1")  # same paths, classes, pools, formats, sizes
+    for r in _truth(tmp_path / "s1"):
+        with Image.open(tmp_path / "s0" / r["path"]) as a, Image.open(tmp_path / "s1" / r["path"]) as b:
+            pa, pb = (np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.float32) for im in (a, b))
+        assert pa.shape == pb.shape
+        assert np.abs(pa - pb).mean() > 10, r  # a different picture, not a little noise
+
+
+def test_styles_are_deterministic_and_distinct(tmp_path):
+    for name, style, workers in (("a", 1, 1), ("b", 1, 2), ("c", 2, 1), ("d", 2, 1)):
+        make_corpus(tmp_path / name, images=10, videos=0, seed=6, workers=workers, progress=False, style=style)
+    a, b, c, d = (_files(tmp_path / n) for n in "abcd")
+    assert a == b and c == d
+    images = [k for k in a if "/img_" in k]
+    assert len(images) == 10 and all(a[k] != c[k] for k in images)
+    assert render("BAD", np.random.default_rng(7), (80, 60), 2).tobytes() == \
+        render("BAD", np.random.default_rng(7), (80, 60), 2).tobytes()
+
+
+@pytest.mark.parametrize("style", [1, 2])
+def test_class_cues_survive_a_style_shift(style):
+    bad, good, neutral = (np.array([_saturation(c, i, style) for i in range(40)]) for c in ("BAD", "GOOD", "NEUTRAL"))
+    # measured (seeds [11, 0..39]): style 1 ~145 / 69 / 30, style 2 ~124 / 67 / 31 (style 0: ~155 / 63 / 27)
+    assert bad.mean() > good.mean() + 30 and good.mean() > neutral.mean() + 15
+    assert np.median(bad) > np.median(good) > np.median(neutral)
+    best = max(((bad > t).mean() + (good <= t).mean()) / 2 for t in range(256))
+    assert 0.7 < best < 1.0  # still helpful, still not a solution on its own
+
+
+def test_bad_styles_are_refused_before_anything_is_written(tmp_path):
+    from flows.config import ConfigError
+
+    for kwargs in ({"style": 9}, {"style": -1}, {"style": True}, {"style": 1, "videos": 1}):
+        with pytest.raises(ConfigError, match="style"):
+            make_corpus(tmp_path / "x", **{"images": 2, "videos": 0, "progress": False, **kwargs})
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError):
+        render("BAD", np.random.default_rng(0), (32, 32), style=5)
+
+
+def test_cli_style(tmp_path, capsys):
+    assert main([str(tmp_path / "c"), "--images", "3", "--videos", "0", "--size", "120x90", "--no-broken",
+                 "--no-progress", "--style", "2"]) == 0
+    assert '"style": 2' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "d"), "--images", "1", "--videos", "0", "--style", "7"])
