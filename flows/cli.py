@@ -14,6 +14,7 @@ COMMANDS = {
     "scrape": ("flows.scrape", "visit feeds in headless Chromium, collect + compress media, filtered feed"),
     "preprocess": ("flows.preprocess", "raw media -> deduplicated, split parquet shards (Ray Data)"),
     "train": ("train.main", "train the classifier on Ray Train, tracked and registered in MLflow"),
+    "tune": ("train.tune", "Ray Tune search (ASHA) over the training knobs; best trial -> @candidate"),
     "mlflow-server": ("train.mlflow_server", "the MLflow tracking server (SQLite under .sift, loopback by default)"),
     "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
     "runs": ("train.runs", "compare MLflow runs: key metrics, differing params, a plot"),

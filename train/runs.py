@@ -1,6 +1,7 @@
 """``sift runs``: compare MLflow runs — key metrics, the params that differ, and a plot.
 
     sift runs [--experiment sift] [--last 10] [--plot runs.png]
+    sift runs --parent RUN_ID|latest      # the trials of a `sift tune` search, the knobs that varied
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ def key_metrics(runs: pd.DataFrame) -> list[str]:
     return [m for m in [SELECTION, *points, *SUMMARY_METRICS, *per_class] if m in logged]
 
 
-def compare(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def compare(runs: pd.DataFrame, metrics: list[str], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """Runs (as from ``mlflow.search_runs``) -> one row per run: name, classes, selection criterion,
-    metrics, differing params."""
+    metrics, differing params (``extra``: more of the frame's columns, e.g. ``status``, after the id)."""
     params = [c for c in runs.columns if c.startswith("params.")]
     always = ["params.classes_list", "params.selection"]
-    differing = [c for c in params if c not in always and runs[c].astype(str).nunique(dropna=False) > 1]
-    cols = {"tags.mlflow.runName": "run", "run_id": "run_id"}
+    shown = [*always, "params.run_name"]  # the run's name is the first column already
+    differing = [c for c in params if c not in shown and runs[c].astype(str).nunique(dropna=False) > 1]
+    cols = {"tags.mlflow.runName": "run", "run_id": "run_id", **{c: c for c in extra if c in runs.columns}}
     cols.update({c: c[len("params."):].replace("_list", "") for c in always if c in runs.columns})
     cols.update({f"metrics.{m}": m for m in metrics if f"metrics.{m}" in runs.columns})
     cols.update({c: c[len("params."):] for c in differing})
@@ -44,10 +46,34 @@ def compare(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return table
 
 
+def tune_parent(mlflow, exp_id: str, parent: str) -> str:
+    """The run id of a ``sift tune`` parent run: ``parent`` itself, or the newest one for 'latest'."""
+    if parent != "latest":
+        return parent
+    runs = mlflow.search_runs([exp_id], filter_string="tags.`sift.stage` = 'tune'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs.empty:
+        raise SystemExit("no `sift tune` search in this experiment yet")
+    return str(runs.iloc[0]["run_id"])
+
+
+def trial_runs(mlflow, exp_id: str, parent: str, last: int | None) -> pd.DataFrame:
+    """The trials of a search: its child runs (tag ``mlflow.parentRunId``), oldest first."""
+    return mlflow.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                              order_by=["attributes.start_time ASC"], max_results=last or 1000)
+
+
+def trial_metrics(runs: pd.DataFrame) -> list[str]:
+    """The columns of a search's trials: the registered model's score (its best epoch), the epochs
+    run, macro-F1 / accuracy / ECE on test (a trial ASHA stopped has none)."""
+    return [m for m in ["best_val_selection", "epoch", *SUMMARY_METRICS] if f"metrics.{m}" in runs.columns]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift runs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default=load_train().experiment)
-    ap.add_argument("--last", type=int, default=10, help="how many recent runs")
+    ap.add_argument("--last", type=int, default=None, help="how many recent runs (default 10; all trials)")
+    ap.add_argument("--parent", help="a `sift tune` run id, or 'latest': compare the trials of that search")
     ap.add_argument("--metric", action="append", help="metrics to compare (repeatable)")
     ap.add_argument("--plot", default=None, help="PNG path (default: .sift/runs_comparison.png)")
     ap.add_argument("--tracking-uri")
@@ -57,13 +83,16 @@ def main(argv=None) -> int:
     if exp is None:
         print(f"no experiment {args.experiment!r} at {mlflow.get_tracking_uri()}")
         return 1
-    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                              max_results=args.last)
+    if args.parent:
+        runs = trial_runs(mlflow, exp.experiment_id, tune_parent(mlflow, exp.experiment_id, args.parent), args.last)
+    else:
+        runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                                  max_results=args.last or 10)
     if runs.empty:
-        print("no runs yet: sift train --data …")
+        print(f"no trials under {args.parent}" if args.parent else "no runs yet: sift train --data …")
         return 1
-    metrics = args.metric or key_metrics(runs)
-    table = compare(runs, metrics)
+    metrics = args.metric or (trial_metrics(runs) if args.parent else key_metrics(runs))
+    table = compare(runs, metrics, extra=("status",) if args.parent else ())
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
     from .plots import runs_comparison_plot
