@@ -118,7 +118,7 @@ def in_process(data: Path, backbone_dir: str, batch: int, threads: int) -> dict:
         for i in range(0, len(images), batch):
             squares = [decode(b, p.size) for b in images[i:i + batch]]
             x = center_crop(to_uint8_batch(squares), p.crop)
-            z = torch.nn.functional.normalize(model(pixel_values=normalize(x, p)).image_embeds, dim=-1)
+            z = torch.nn.functional.normalize(model(normalize(x, p)), dim=-1)
             z.numpy().astype(np.float32)
             done.append((time.time(), time.process_time(), len(squares)))
     ips, cpu = steady([done])

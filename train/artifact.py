@@ -3,7 +3,8 @@
     ARTIFACT/sift_model.json   backbone id + config, preprocessing, classes, thresholds and the rule
                                that chose them (worst mistake or macro-F1), temperature,
                                face detector (file, hash, classes, conf), run id, metrics
-    ARTIFACT/backbone/         the (possibly fine-tuned) CLIP vision tower, save_pretrained format
+    ARTIFACT/backbone/         the (possibly fine-tuned) backbone: an HF tower (save_pretrained format) or
+                               a torchvision CNN (sift_backbone.json + weights.pt), see train/backbones.py
     ARTIFACT/head.pt           head weights
     ARTIFACT/faces/<weights>   the detector weights, copied so the artifact stands alone
 
@@ -26,7 +27,7 @@ from PIL import Image
 from flows.images import open_image, resize_short
 
 from .decision import Decision
-from .model import Classifier, Head, HeadOutput
+from .model import Classifier, Head, HeadOutput, load_backbone
 from .transforms import Preproc, center_crop, five_crops, normalize, square, tile_edge, to_uint8_batch
 
 META = "sift_model.json"
@@ -49,7 +50,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    model.backbone.save_pretrained(out / "backbone")
+    model.backbone.save(out / "backbone")
     torch.save(model.head.state_dict(), out / "head.pt")
     face_meta = None
     if faces:
@@ -58,7 +59,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         shutil.copy2(src, out / "faces" / src.name)
         face_meta = {**faces, "weights": f"faces/{src.name}"}
     meta = {
-        "format": 1, "backbone_id": backbone_id, "backbone_config": model.backbone.config.to_dict(),
+        "format": 1, "backbone_id": backbone_id, "backbone_config": model.backbone.config_dict(),
         "preprocessing": {**preproc.to_dict(), "short_edge": short_edge},
         "classes": list(classes), "thresholds": [float(t) for t in thresholds],
         "decision": decision or {"rule": "argmax"},
@@ -79,8 +80,6 @@ class SiftModel:
     def __init__(self, path: str | Path, device: str = "cpu", workers: int | None = None):
         """``workers``: CPU forward workers (default: torch's thread count on CPU, 1 on a GPU); see
         :meth:`forward`."""
-        from transformers import CLIPVisionModelWithProjection
-
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
         self.classes = self.meta["classes"]
@@ -93,15 +92,15 @@ class SiftModel:
         self.tile_edge = max(self.short_edge, tile_edge(self.preproc.size))
         # a score head's output in [0, 1] maps back to the training targets' range
         self.score_range = tuple(self.meta.get("score_range") or (0.0, 1.0)) if self.meta["score_head"] else None
-        backbone = CLIPVisionModelWithProjection.from_pretrained(self.path / "backbone")
+        backbone, _ = load_backbone(str(self.path / "backbone"))  # the preprocessing is the artifact's
         self.tags = list(self.meta.get("tags") or [])
         self.tag_thresholds = np.asarray(self.meta.get("tag_thresholds") or [0.5] * len(self.tags), np.float64)
         zs = self.meta.get("zero_shot")  # the buffer's shape, filled by head.pt
         self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
                                 self.meta["dropout"], self.meta["score_head"], len(self.tags),
-                                torch.zeros(len(self.classes), backbone.config.projection_dim) if zs else None,
+                                torch.zeros(len(self.classes), backbone.dim) if zs else None,
                                 zs["scale"] if zs else 1.0)
-        self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu"))
+        self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu", weights_only=True))
         self.device = device
         self.model.to(device).eval()
         self.workers = max(1, workers or (torch.get_num_threads() if device == "cpu" else 1))
@@ -175,7 +174,7 @@ class SiftModel:
             sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
             face = np.repeat(face, 5, axis=0)
         else:
-            sq = np.stack([square(im, self.preproc.size) for im in images])
+            sq = np.stack([square(im, self.preproc.size, self.preproc.fit) for im in images])
         x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
         raw = self.forward(x, torch.from_numpy(face).to(self.device))
         out = raw.logits.float().cpu().numpy()

@@ -146,6 +146,14 @@ def augment(x: Tensor, out_hw: tuple[int, int], generator: torch.Generator | Non
     return color_jitter(x, generator=generator, **pick["jitter"])
 
 
+def augment_kwargs(min_area: float, jitter: float, saturation: float) -> dict:
+    """:func:`augment` keywords from the train config's knobs: crops keep at least ``min_area`` of
+    the square (a face or a text line at its edge survives), brightness/contrast jitter ``jitter``, a
+    separate, milder saturation jitter (saturation can be the class signal: jitter must not erase it)."""
+    return {"scale": (float(min_area), 1.0), "brightness": float(jitter), "contrast": float(jitter),
+            "saturation": float(saturation)}
+
+
 def feature_noise(z: Tensor, std: float = 0.1, dropout: float = 0.1,
                   generator: torch.Generator | None = None) -> Tensor:
     """A cheap "view" of cached embeddings z (B, D) float, so that student and teacher still see

@@ -26,14 +26,14 @@ class Embedder:
     """``map_batches`` callable: stored JPEGs -> face features (B,F) + embeddings (B,V,D)."""
 
     def __init__(self, backbone_dir: str, preproc: dict, views: int, faces: dict | None, seed: int,
-                 threads: int = 1):
+                 threads: int = 1, aug: dict | None = None):
         from .model import load_backbone
 
         torch.set_num_threads(threads)
         self.model, _ = load_backbone(backbone_dir)
         self.model.eval()
         self.p = Preproc.from_dict(preproc)
-        self.views, self.seed = views, seed
+        self.views, self.seed, self.aug = views, seed, dict(aug or {})
         self.detector = None
         if faces:
             from .faces import FaceDetector
@@ -46,17 +46,17 @@ class Embedder:
         x = to_uint8_batch(squares)
         g = torch.Generator().manual_seed(_seed_of(ids, self.seed))
         views = [center_crop(x, self.p.crop)]
-        views += [augment(x, (self.p.crop, self.p.crop), generator=g) for _ in range(self.views - 1)]
+        views += [augment(x, (self.p.crop, self.p.crop), generator=g, **self.aug) for _ in range(self.views - 1)]
         out = []
         for v in views:
-            z = self.model(pixel_values=normalize(v, self.p)).image_embeds
+            z = self.model(normalize(v, self.p))
             out.append(torch.nn.functional.normalize(z, dim=-1))
         return torch.stack(out, dim=1).numpy().astype(np.float32)
 
     def __call__(self, batch: dict) -> dict:
         images = list(batch["image"])
         ids = [str(i) for i in batch["id"]]
-        squares = [decode(b, self.p.size) for b in images]
+        squares = [decode(b, self.p.size, self.p.fit) for b in images]
         out = {k: batch[k] for k in KEEP if k in batch}
         out["emb"] = self.embed(squares, ids)
         if self.detector is not None:
@@ -73,24 +73,25 @@ def _seed_of(ids: list[str], seed: int) -> int:
 
 
 def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, faces: dict | None,
-              seed: int) -> str:
+              seed: int, aug: dict | None = None) -> str:
     """Identifies a cache: the data (its manifest), the backbone, preprocessing, views, detector."""
     manifest = Path(data_dir) / "manifest.json"
     data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else str(data_dir)
     bb = Path(backbone_dir) / "config.json"
     bb_id = hashlib.sha256(bb.read_bytes()).hexdigest() if bb.exists() else backbone_dir
-    weights = Path(backbone_dir) / "model.safetensors"
-    if weights.exists():  # random builtins share a config; their weights (seeded) identify them
+    weights = next((w for w in (Path(backbone_dir) / n for n in ("model.safetensors", "weights.pt")) if w.exists()),
+                   None)
+    if weights is not None:  # random builtins share a config; their weights (seeded) identify them
         st = weights.stat()
         bb_id += f"{st.st_size}"
-    blob = json.dumps([data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed], sort_keys=True,
+    blob = json.dumps([data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}], sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, views: int,
                 faces: dict | None, seed: int, actors: int = 1, actor_cpus: float = 1.0,
-                io_cpus: float = 0.1, batch_size: int = 32) -> Path:
+                io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None) -> Path:
     """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker)."""
     import ray
 
@@ -105,7 +106,7 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
     ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=[c for c in KEEP if c in have],
                                num_cpus=io_cpus)
     ds = ds.map_batches(
-        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed),
+        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug),
         batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

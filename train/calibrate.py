@@ -143,7 +143,7 @@ def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.
     Otherwise coordinate ascent from equal thresholds 1/C (plain argmax), ``fixed`` {class: t} held:
     each round scales one free class's threshold by every factor in ``grid`` in turn (capped at 1) and
     keeps a change only when macro-F1 strictly rises, so a validation set that cannot tell thresholds
-    apart leaves plain argmax. Equal thresholds when N == 0. Without roles only the ratios matter and
+    apart leaves plain argmax. Equal thresholds when N == 0 or some class has no item. Without roles only the ratios matter and
     the result is normalised to sum to 1.
     """
     probs, y = _numpy(probs, np.float64), _numpy(y, np.int64).ravel()
@@ -152,7 +152,9 @@ def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.
     t = np.full(C, 1.0 / max(C, 1))
     for c, v in fixed.items():
         t[c] = v
-    if y.size == 0 or C < 2:
+    if y.size == 0 or C < 2 or not all((y == c).any() for c in range(C)):
+        # a class without validation items (e.g. one labeled only through a noisy pool): macro-F1 here
+        # cannot see what moving a threshold costs it, so every free threshold stays at plain argmax
         return t.tolist()
     if C == 2 and not roles and not fixed:
         return _binary_macro_f1_threshold(probs[:, 0], y == 0)
@@ -161,8 +163,7 @@ def macro_f1_thresholds(probs, y, *, rounds: int = 3, grid=np.geomspace(0.25, 4.
         return macro_f1(confusion(y, pred, C))
 
     score = f1_of(t)
-    # a class without validation items keeps its threshold: nothing here can say where it belongs
-    free = [c for c in range(C) if c not in fixed and (y == c).any()]
+    free = [c for c in range(C) if c not in fixed]
     for _ in range(rounds):
         moved = False
         for c in free:
@@ -224,7 +225,7 @@ def choose_decision(probs, y, classes: Sequence[str], *, positive: str = "", neg
     the negative is guarded (never over a more probable positive), items no class claims go to
     ``fallback``, and the other thresholds maximise macro-F1 with tau held (:func:`macro_f1_thresholds`).
     Plain argmax (thresholds 1/C, the guard kept) when the positive or the negative has no validation
-    item; a class without validation items keeps 1/C.
+    item; the others stay at 1/C when some class has no validation item.
 
     Without a worst mistake (``positive`` empty): :func:`macro_f1_thresholds` with the fallback.
     """

@@ -20,6 +20,9 @@ class TrainConfig:
     face_classes: tuple[str, ...] = ("FACE_FEMALE", "FACE_MALE")
     face_extra_classes: tuple[str, ...] = ()
     face_conf: float = knob(0.25, lo=0.0, hi=1.0)
+    image_size: int = knob(0, lo=0, hi=1024, help="model input side of a torchvision CNN (0: 224; HF checkpoints: their own)")
+    image_fit: str = knob("crop", choices=("crop", "pad"), help="square the image by a centre crop, or pad it "
+                          "whole (a 16:9 thumbnail keeps its sides)")
     hidden: int = knob(1024, lo=8, hi=16384)
     dropout: float = knob(0.1, lo=0.0, hi=0.9)
     score_head: bool = False
@@ -40,6 +43,12 @@ class TrainConfig:
     unfreeze_last: int = knob(2, lo=0, hi=1000, help="transformer blocks unfrozen after warm-up")
     cache_views: int = knob(2, lo=1, hi=16, help="augmented views per image in the embedding cache")
     feature_noise: float = knob(0.1, lo=0.0, hi=5.0)
+    aug_min_area: float = knob(0.8, lo=0.05, hi=1.0, help="random crops keep at least this share of the square")
+    aug_jitter: float = knob(0.2, lo=0.0, hi=1.0, help="brightness/contrast jitter strength")
+    aug_saturation: float = knob(0.1, lo=0.0, hi=1.0, help="saturation jitter (mild: saturation can be the signal)")
+    balance: float = knob(1.0, lo=0.0, hi=1.0, help="class weights (N / C n_c)^balance on clean items; 0: none")
+    noisy_pool: str = knob("prior", choices=("prior", "label", "ignore"),
+                           help="noisy pools: towards their prior, at their word, or left out")
     # mean teacher (Tarvainen & Valpola 2017)
     mean_teacher: bool = True
     ema_decay: float = knob(0.99, lo=0.0, hi=1.0)

@@ -38,7 +38,7 @@ def to_tensors(nb: dict, mode: str, p: Preproc, n_face: int, relabel: dict | Non
     if mode == "cache":
         x = torch.from_numpy(np.ascontiguousarray(np.stack(list(nb["emb"])), dtype=np.float32))
     else:
-        x = to_uint8_batch([decode(b, p.size) for b in nb["image"]])
+        x = to_uint8_batch([decode(b, p.size, p.fit) for b in nb["image"]])
     face = np.stack(list(nb["face"])).astype(np.float32)[:, :n_face]
     label = np.asarray(nb["label"], dtype=np.int64).copy()
     pool = np.array([POOL_CODES[str(v)] for v in nb["pool"]], dtype=np.int64)
@@ -79,15 +79,16 @@ class CacheView:
 class PixelView:
     """Model outputs from uint8 squares: centre crop for eval, independent augmentations else."""
 
-    def __init__(self, p: Preproc):
-        self.p = p
+    def __init__(self, p: Preproc, aug: dict | None = None):
+        """``aug``: ``train.augment.augment`` keywords (crop scale, jitter strengths), see augment_kwargs."""
+        self.p, self.aug = p, dict(aug or {})
 
     def __call__(self, model, b: dict, role: str, g: torch.Generator | None):
         x = b["x"]
         if role == "eval":
             x = center_crop(x, self.p.crop)
         else:
-            x = augment(x, (self.p.crop, self.p.crop), generator=g)
+            x = augment(x, (self.p.crop, self.p.crop), generator=g, **self.aug)
         return model(pixels=normalize(x, self.p), face=b["face"])
 
 

@@ -45,6 +45,8 @@ class LossSpec:
     ema_decay: float
     score_range: tuple[float, float] = (0.0, 1.0)  # the score targets' (min, max) on train
     tag_weight: float = 1.0  # weight of the multi-label tag loss
+    noisy_pool: str = "prior"  # prior: towards the pool's prior (teacher-refined); label: at its word; ignore
+    class_weight: torch.Tensor | None = None  # (C,) per-class weight of clean items (balanced classes)
 
 
 def unit_score(score: torch.Tensor, score_range: tuple[float, float]) -> torch.Tensor:
@@ -63,21 +65,25 @@ def mix(lab: dict, unl: dict | None) -> dict:
 def supervised_terms(logits: torch.Tensor, batch: dict, spec: LossSpec, t_probs: torch.Tensor | None):
     """Clean items: ASL + cost; noisy-pool items: soft targets from the pool's prior.
 
-    Without a teacher (supervised-only) the noisy pool is taken at its word (its label), which is
-    exactly the naive use of a noisy folder that the prior is meant to replace.
+    ``spec.noisy_pool``: "prior" trains the noisy pool towards its prior (refined by the teacher when
+    there is one, the prior alone otherwise); "label" takes it at its word, exactly the naive use of a
+    noisy folder that the prior is meant to replace; "ignore" leaves it out. ``spec.class_weight``
+    weights clean items by class (rare classes count as much as common ones).
     """
     y, pool = batch["label"], batch["pool"]
     clean = pool == 0
     noisy = pool == 1
-    if not spec.mean_teacher:
+    if spec.noisy_pool == "label":
         clean = clean | noisy
+    if spec.noisy_pool != "prior":
         noisy = torch.zeros_like(noisy)
     zero = logits.sum() * 0.0
     l_clean = zero
     if clean.any():
+        w = spec.class_weight.to(logits.device)[y[clean]] if spec.class_weight is not None else None
         l_clean = losses.classification_loss(logits[clean], y[clean], gamma_pos=spec.gamma_pos,
                                              gamma_neg=spec.gamma_neg, cost=spec.cost,
-                                             cost_weight=spec.cost_weight, eps=spec.eps)
+                                             cost_weight=spec.cost_weight, eps=spec.eps, weight=w)
     l_noisy = zero
     if noisy.any():
         parts = []

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -18,14 +19,26 @@ import torch
 from flows.config import ConfigError
 from flows.runtime import init_ray
 
+from .augment import augment_kwargs
 from .config import for_classes, load_train, state_dir
 from .loop import LossSpec
 from .losses import default_cost_matrix
 from .model import load_backbone, resolve_backbone
 
 
+def balanced_weights(counts: list[int], power: float) -> torch.Tensor | None:
+    """(C,) class weights (N / (C n_c))^power, renormalised to a count-weighted mean of 1: power 1
+    makes each class count as much as any other in the loss, 0 leaves the data's proportions. A class
+    without labeled items gets weight 1. None when power is 0 or there is no item."""
+    n = torch.tensor(counts, dtype=torch.float64)
+    if power == 0 or n.sum() == 0:
+        return None
+    w = torch.where(n > 0, (n.sum() / (len(n) * n.clamp(min=1))) ** power, torch.ones_like(n))
+    return (w / ((w * n).sum() / n.sum().clamp(min=1))).float()
+
+
 def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]],
-              score_range: tuple[float, float] = (0.0, 1.0)) -> LossSpec:
+              score_range: tuple[float, float] = (0.0, 1.0), class_counts: list[int] | None = None) -> LossSpec:
     gamma = torch.tensor([cfg.class_gamma.get(c, cfg.gamma_pos) for c in classes]) if cfg.class_gamma else cfg.gamma_pos
     return LossSpec(
         gamma_pos=gamma, gamma_neg=cfg.gamma_neg, eps=cfg.label_smoothing,
@@ -35,7 +48,8 @@ def loss_spec(cfg, classes: list[str], priors: dict[str, list[float]],
         mean_teacher=cfg.mean_teacher, consistency=cfg.consistency, consistency_weight=cfg.consistency_weight,
         rampup=cfg.consistency_rampup, confidence_threshold=cfg.confidence_threshold,
         noisy_sharpen=cfg.noisy_sharpen, ema_decay=cfg.ema_decay, score_range=score_range,
-        tag_weight=cfg.tag_weight)
+        tag_weight=cfg.tag_weight, noisy_pool=cfg.noisy_pool,
+        class_weight=balanced_weights(class_counts, cfg.balance) if class_counts else None)
 
 
 def zero_shot_seed(cfg, classes: list[str], backbone_dir: str) -> dict | None:
@@ -51,6 +65,12 @@ def zero_shot_seed(cfg, classes: list[str], backbone_dir: str) -> dict | None:
     texts = class_prompts(classes, cfg.zero_shot_prompts)
     emb, scale = prompt_embeddings(backbone_dir, texts)
     return {"prompts": texts, "embeddings": emb, "scale": scale}
+
+
+def class_counts(meta, n_classes: int) -> list[int]:
+    """Clean labeled train items per class (what balanced class weights divide by)."""
+    lab = meta[(meta.split == "train") & (meta.label >= 0) & (meta.pool == "clean")]
+    return [int((lab.label == k).sum()) for k in range(n_classes)]
 
 
 def read_data_manifest(data: Path) -> dict:
@@ -89,8 +109,13 @@ def face_spec(cfg) -> dict | None:
             "extra_classes": tuple(cfg.face_extra_classes), "conf": cfg.face_conf}
 
 
-def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | None = None) -> dict:
-    """Train on a preprocess output; returns the summary written by rank 0."""
+def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | None = None, *,
+        callbacks: list | None = None, tags: dict | None = None, cache_only: bool = False) -> dict:
+    """Train on a preprocess output; returns the summary written by rank 0.
+
+    ``callbacks`` go to Ray Train's RunConfig (``sift tune`` passes Tune's report callback), ``tags``
+    to the MLflow run (``sift tune``: ``mlflow.parentRunId``); ``cache_only`` stops once the embedding
+    cache is built and returns ``{"cache": path}`` (``sift tune`` builds it before its trials start)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -107,15 +132,22 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     if cfg.score_head and manifest.get("scored") == 0:
         raise ConfigError(f"score_head=true: no item of {data} has a score (manifest lines with \"score\")")
     home = state_dir()
-    backbone_dir = resolve_backbone(cfg.backbone, home)
+    backbone_dir = resolve_backbone(cfg.backbone, home, image_size=cfg.image_size)
     prompts = zero_shot_seed(cfg, classes, backbone_dir)
-    init_ray(num_cpus)
     _, preproc = load_backbone(backbone_dir)
+    if cfg.image_size and preproc.crop != cfg.image_size:
+        raise ConfigError(f"image_size={cfg.image_size}: backbone {cfg.backbone} takes {preproc.crop} px "
+                          "(image_size applies to torchvision CNNs; an HF checkpoint has its own)")
+    preproc = dataclasses.replace(preproc, fit=cfg.image_fit)
+    aug = augment_kwargs(cfg.aug_min_area, cfg.aug_jitter, cfg.aug_saturation)
+    init_ray(num_cpus)
     faces = face_spec(cfg)
     n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0
-    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed)
+    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
-                        actors=cfg.cache_actors)
+                        actors=cfg.cache_actors, aug=aug)
+    if cache_only:
+        return {"cache": str(cache)}
     meta = pads.dataset(str(cache), format="parquet").to_table(
         columns=["id", "path", "split", "label", "pool", "score"]).to_pandas()
     score_range = (0.0, 1.0)
@@ -137,6 +169,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         raise SystemExit(f"sift train: need labeled train and val items, have {counts}")
     # from here on progress is our per-epoch line; Ray Data's bars for every small read are noise
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # blocks in a fixed order: with the seeded shuffles, the same seed gives the same batches
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(str(cache), num_cpus=0.1)
     if used and used["used"]:
         ds = ds.map_batches(corrections.apply_table, fn_kwargs={"corr": corr}, batch_format="pyarrow", num_cpus=0.1)
@@ -154,12 +188,14 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
     ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
-           "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range), "relabel": relabel,
+           "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range, class_counts(meta, len(classes))),
+           "relabel": relabel, "augment": aug,
            "score_range": score_range, "corrections": used, "zero_shot": prompts,
            "tags": list(manifest.get("tags", [])) if cfg.tag_head else [],
            "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
            "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
-           "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names), **counts}
+           "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names),
+           "mlflow_tags": dict(tags or {}), **counts}
     if used is not None:
         corrections.write(used, Path(ctx["out_dir"]))
     gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
@@ -173,7 +209,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(home / "ray_results"), worker_runtime_env=_worker_env(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
     trainer.fit()
     return json.loads((Path(ctx["out_dir"]) / "summary.json").read_text())
 

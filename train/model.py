@@ -1,6 +1,6 @@
-"""The classifier: CLIP vision tower -> [embedding ; face features] -> residual MLP head.
+"""The classifier: a vision backbone -> [embedding ; face features] -> residual MLP head.
 
-    pixels (B,3,S,S) --CLIP ViT--> image_embeds (B,D) --L2 norm--> z
+    pixels (B,3,S,S) --backbone (CLIP/SigLIP/DINOv2 ViT or a CNN, train/backbones.py)--> (B,D) --L2 norm--> z
     [z ; face (B,F)] --BatchNorm--Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
                                                                                   \\-> score (B,1), tanh (optional)
 
@@ -9,9 +9,6 @@ CLIP embeddings are L2-normalised because that is the space CLIP was trained in 
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,64 +16,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .transforms import CLIP_MEAN, CLIP_STD, Preproc
+from . import backbones
+from .transforms import Preproc
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-# backbones built from a config with random weights, saved and then loaded like any HF checkpoint
-BUILTIN = {"tiny": CONFIG_DIR / "tiny_clip.json", "random-vit-b32": None,
-           "tiny-clip": CONFIG_DIR / "tiny_clip.json"}  # tiny-clip: with a (random) text tower, for zero-shot
-
-
-def resolve_backbone(spec: str, cache_dir: Path) -> str:
-    """An HF id or local dir as given; a builtin name -> a local dir (built once, seeded)."""
-    if spec not in BUILTIN:
-        return spec
-    out = Path(cache_dir) / "backbones" / spec
-    if not (out / "config.json").exists():
-        build_random_backbone(spec, out)
-    return str(out)
+def resolve_backbone(spec: str, cache_dir: Path, image_size: int = 0) -> str:
+    """A backbone spec -> what :func:`load_backbone` reads (``train.backbones.resolve``)."""
+    return backbones.resolve(spec, cache_dir, image_size=image_size)
 
 
-def build_random_backbone(spec: str, out: Path, seed: int = 0) -> None:
-    """Write a random-init CLIP vision tower + its image-processor config to ``out``."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    cfg_path = BUILTIN[spec]
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # concurrent builders each write their own
-    if spec == "tiny-clip":
-        from .zeroshot import build_tiny_clip
-
-        build_tiny_clip(tmp, json.loads(cfg_path.read_text()), seed)
-    else:
-        config = CLIPVisionConfig(**json.loads(cfg_path.read_text())) if cfg_path else CLIPVisionConfig()
-        torch.manual_seed(seed)
-        CLIPVisionModelWithProjection(config).save_pretrained(tmp)
-        side = config.image_size
-        CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-                           image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first: same seed, same weights
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_backbone(path_or_id: str):
-    """``from_pretrained`` a CLIP vision tower (works on full CLIPModel checkpoints too).
-
-    Returns ``(model, Preproc)``; the preprocessing comes from the checkpoint's image-processor
-    config when present. The uint8 stage keeps a 1/8 margin around the crop for augmentation.
-    """
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-    model = CLIPVisionModelWithProjection.from_pretrained(path_or_id)
-    crop, mean, std = model.config.image_size, CLIP_MEAN, CLIP_STD
-    try:
-        proc = CLIPImageProcessor.from_pretrained(path_or_id)
-        crop = int(proc.crop_size["height"])
-        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
-    except (OSError, ValueError, KeyError):
-        pass  # no processor config: CLIP's defaults at the model's native size
-    return model, Preproc(size=crop + crop // 8, crop=crop, mean=mean, std=std)
+def load_backbone(path_or_id: str) -> tuple[backbones.Backbone, Preproc]:
+    """A resolved backbone -> (Backbone: pixels (B,3,S,S) -> features (B,D), its Preproc)."""
+    return backbones.load(path_or_id)
 
 
 class HeadOutput(NamedTuple):
@@ -138,14 +88,14 @@ class Classifier(nn.Module):
                  prompts: torch.Tensor | None = None, prompt_scale: float = 1.0):
         super().__init__()
         self.backbone = backbone
-        self.embed_dim = int(backbone.config.projection_dim)
+        self.embed_dim = int(backbone.dim)
         self.n_face = n_face
         self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head, n_tags, prompts,
                          prompt_scale)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B,3,S,S) float -> L2-normalised embedding (B, D)."""
-        return F.normalize(self.backbone(pixel_values=pixels).image_embeds, dim=-1)
+        return F.normalize(self.backbone(pixels), dim=-1)
 
     def from_embedding(self, z: torch.Tensor, face: torch.Tensor | None):
         """Cached embedding (B,D) + face features (B,F) -> HeadOutput. Head only."""
@@ -160,7 +110,8 @@ class Classifier(nn.Module):
 
 
 def set_trainable(model: Classifier, unfreeze_last: int) -> list[nn.Parameter]:
-    """Freeze the backbone except its last ``unfreeze_last`` blocks (+ final norm, projection).
+    """Freeze the backbone except its last ``unfreeze_last`` blocks (+ what follows them: final norm,
+    projection); ``unfreeze_last`` >= the number of blocks trains the whole backbone.
 
     Returns the backbone parameters left trainable (for a separate, lower learning rate): the
     later blocks hold the most task-specific features, so they adapt first (Howard & Ruder 2018).
@@ -170,9 +121,11 @@ def set_trainable(model: Classifier, unfreeze_last: int) -> list[nn.Parameter]:
         p.requires_grad_(False)
     if unfreeze_last <= 0:
         return []
-    parts = list(bb.vision_model.encoder.layers[-unfreeze_last:])
-    parts += [bb.vision_model.post_layernorm, bb.visual_projection]
-    params = [p for part in parts for p in part.parameters()]
+    blocks = bb.blocks()
+    parts = blocks[-unfreeze_last:] + bb.tail()
+    if unfreeze_last >= len(blocks):
+        parts = [bb]  # everything, stem and embeddings included
+    params = list({id(p): p for part in parts for p in part.parameters()}.values())
     for p in params:
         p.requires_grad_(True)
     return params

@@ -1,7 +1,8 @@
 """The one image path into the model, shared by training, batch prediction and serving.
 
-stored JPEG bytes (or any RGB image) -> decode (JPEG draft) -> resize shortest edge to ``size`` ->
-centre square crop ``size`` -> uint8 (B,3,S,S) -> [training: random crop/flip/jitter to ``crop``;
+stored JPEG bytes (or any RGB image) -> decode (JPEG draft) -> square ``size``: resize the shortest edge
+and centre crop (``fit="crop"``), or resize the longest edge and pad (``fit="pad"``: nothing of a
+16:9 thumbnail is cut, a face at its side included) -> uint8 (B,3,S,S) -> [training: random crop/flip/jitter to ``crop``;
 eval: centre crop to ``crop``] -> float, normalised with the backbone's mean/std.
 The spec travels inside the model artifact, so serving prepares images exactly as training did.
 """
@@ -26,18 +27,27 @@ class Preproc:
     crop: int  # model input side
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    fit: str = "crop"  # crop: shortest edge to size + centre crop; pad: longest edge to size + pad
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preproc":
-        return cls(int(d["size"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))
+        return cls(int(d["size"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]), d.get("fit", "crop"))
 
 
-def square(img: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> (size, size, 3) uint8: shortest edge to ``size``, centre crop."""
+def square(img: Image.Image, size: int, fit: str = "crop") -> np.ndarray:
+    """RGB image -> (size, size, 3) uint8: shortest edge to ``size`` and centre crop, or (``fit="pad"``)
+    longest edge to ``size``, centred on a mid-grey square (grey: it normalises to ~0, no fake colour)."""
     w, h = img.size
+    if fit == "pad":
+        s = size / max(w, h)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        canvas = Image.new("RGB", (size, size), (124, 116, 104))
+        canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=2.0),
+                     ((size - nw) // 2, (size - nh) // 2))
+        return np.asarray(canvas)
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=2.0)
@@ -45,15 +55,15 @@ def square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def decode(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8, using JPEG draft mode when it helps."""
+def decode(data: bytes, size: int, fit: str = "crop") -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 (:func:`square`), using JPEG draft mode when it helps."""
     with Image.open(io.BytesIO(data)) as im:
         if im.format == "JPEG":
             w, h = im.size
-            k = size / min(w, h)
+            k = size / (max(w, h) if fit == "pad" else min(w, h))
             if k < 1:
                 im.draft("RGB", (max(1, int(w * k + 0.5)), max(1, int(h * k + 0.5))))
-        return square(to_rgb(im.convert(im.mode)), size)
+        return square(to_rgb(im.convert(im.mode)), size, fit)
 
 
 TILE_SCALE = 3  # five-crop tiling decodes the image at a short edge of up to 3 x the model's square
@@ -100,4 +110,4 @@ def normalize(x: torch.Tensor, p: Preproc) -> torch.Tensor:
 
 def eval_input(jpegs: list[bytes], p: Preproc) -> torch.Tensor:
     """Encoded images -> eval model input (B,3,crop,crop) float32."""
-    return normalize(center_crop(to_uint8_batch([decode(b, p.size) for b in jpegs]), p.crop), p)
+    return normalize(center_crop(to_uint8_batch([decode(b, p.size, p.fit) for b in jpegs]), p.crop), p)

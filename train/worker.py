@@ -10,6 +10,7 @@ logs and registers the model.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
@@ -38,9 +39,10 @@ def say(message: str) -> None:
     _log.info(message)
 
 
-def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True):
+def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True, seed: int | None = None):
+    """Tensors batches of a dataset shard; ``seed`` fixes the local shuffle (a run replays exactly)."""
     cols = None if mode == "pixels" else [c for c in ctx["columns"] if c != "image"]
-    kw = {"local_shuffle_buffer_size": batch * 8} if shuffle else {}
+    kw = {"local_shuffle_buffer_size": batch * 8, "local_shuffle_seed": seed} if shuffle else {}
     for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
         if cols:
             nb = {k: nb[k] for k in cols if k in nb}
@@ -110,12 +112,16 @@ def train_loop_per_worker(ctx: dict) -> None:
     steps = cfg.steps_per_epoch or max(1, math.ceil(ctx["n_labeled"] / (cfg.labeled_batch * world)))
     lengths = dict(zip(("frozen", "unfrozen"), phase_lengths(cfg.epochs, steps, cfg.frozen_steps)))
     mlflow, run = _start_run(ctx) if rank == 0 else (None, None)
-    cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx["preproc"])
+    cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx["preproc"], ctx.get("augment"))
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         mode = "cache" if state["phase"] == "frozen" else "pixels"
-        lab_it = cycle(lambda: _iter(lab_shard, cfg.labeled_batch, mode, ctx))
-        unl_it = cycle(lambda: _iter(unl_shard, cfg.unlabeled_batch, mode, ctx)) if unl_shard else None
+        # shuffles seeded by (seed, rank, epoch, pass): the same seed replays the same batches
+        passes = itertools.count()
+        base = (cfg.seed * 1000 + rank) * 10_000 + epoch * 100
+        lab_it = cycle(lambda: _iter(lab_shard, cfg.labeled_batch, mode, ctx, seed=base + next(passes)))
+        unl_it = cycle(lambda: _iter(unl_shard, cfg.unlabeled_batch, mode, ctx, seed=base + 50 + next(passes))) \
+            if unl_shard else None
         view = cache_view if mode == "cache" else pixel_view
         sums: dict[str, float] = {}
         for _ in range(steps):

@@ -1,4 +1,5 @@
 """train_step / predict_logits invariants on a small model (no Ray)."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -60,13 +61,46 @@ def test_teacher_gets_no_gradient_and_follows_by_ema():
     assert any(not torch.equal(a, p) for a, p in zip(before, teacher.parameters()))
 
 
-def test_supervised_only_takes_the_noisy_pool_at_its_word():
+def test_noisy_pool_modes_prior_label_ignore():
+    import torch.nn.functional as F
+
+    from train import losses
+
     b = batch()
     logits = torch.randn(len(b["label"]), 3)
-    clean, noisy = supervised_terms(logits, b, spec(mean_teacher=False), None)
-    assert float(noisy) == 0.0 and float(clean) > 0
-    clean_mt, noisy_mt = supervised_terms(logits, b, spec(), None)
-    assert float(noisy_mt) > 0  # the prior, not the label, is the target
+    noisy_items = b["pool"] == 1
+    clean, noisy = supervised_terms(logits, b, spec(mean_teacher=False, noisy_pool="label"), None)
+    assert float(noisy) == 0.0 and float(clean) > 0  # at its word: the pool is one more clean class
+    # without a teacher the prior alone is the target: soft cross-entropy to (0.3, 0.65, 0.05)
+    _, noisy_prior = supervised_terms(logits, b, spec(mean_teacher=False), None)
+    want = -(torch.tensor([0.3, 0.65, 0.05]) * F.log_softmax(logits[noisy_items], -1)).sum(-1).mean()
+    assert float(noisy_prior) == pytest.approx(float(want), rel=1e-5)
+    ignored_clean, ignored = supervised_terms(logits, b, spec(noisy_pool="ignore"), None)
+    assert float(ignored) == 0.0
+    only_clean = losses.classification_loss(logits[~noisy_items], b["label"][~noisy_items], gamma_pos=0.0,
+                                            gamma_neg=4.0)
+    assert float(ignored_clean) == pytest.approx(float(only_clean), rel=1e-6)
+
+
+def test_class_weights_balance_the_clean_loss():
+    from train.main import balanced_weights
+
+    w = balanced_weights([90, 0, 10], 1.0)
+    assert w[0] * 90 == pytest.approx(w[2] * 10)  # both classes weigh the same in total
+    assert float((w * torch.tensor([90.0, 0, 10])).sum() / 100) == pytest.approx(1.0)  # mean weight 1
+    assert float(w[1]) > 0 and balanced_weights([5, 5, 5], 0.0) is None
+    assert torch.allclose(balanced_weights([5, 5, 5], 1.0), torch.ones(3))
+    assert balanced_weights([0, 0, 0], 1.0) is None  # nothing to balance: no weights, never NaN
+
+
+def test_class_counts_read_the_cache_table():
+    import pandas as pd
+
+    from train.main import class_counts
+
+    meta = pd.DataFrame({"split": ["train"] * 5 + ["val"], "label": [0, 0, 2, 1, -1, 0],
+                         "pool": ["clean", "clean", "clean", "noisy", "unlabeled", "clean"]})
+    assert class_counts(meta, 3) == [2, 0, 1]  # clean labeled train items only
 
 
 def test_unlabeled_items_only_feed_consistency():
