@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/sift make-corpus $(DEMO)/corpus --images 480 --videos 6 --seed 0 --workers 2
 	$(VENV)/bin/sift preprocess --input $(DEMO)/corpus --output $(DEMO)/data
-	$(VENV)/bin/sift train --data $(DEMO)/data --config train/configs/tiny.yaml
+	$(VENV)/bin/sift train --data $(DEMO)/data --config train/configs/small.yaml
 	$(VENV)/bin/sift promote --latest
 	$(VENV)/bin/sift runs --last 5
 	$(PY) -m serve.demo --data $(DEMO)/data

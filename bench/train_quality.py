@@ -11,9 +11,8 @@ differ by ONE change each, cumulatively, and share the embedding cache, the step
   (a) supervised     labeled items only, no teacher, no unlabeled pool; the NEUTRAL folder is taken
                      at its word (the corpus has no clean NEUTRAL folder, so without it the model
                      would never see a NEUTRAL label)
-  (b) + noisy prior  the NEUTRAL folder trained towards its prior instead (mean_teacher=true with
-                     ema_decay=0, consistency_weight=0, noisy_sharpen=0: the "teacher" is the student
-                     itself and is not used, so only the noisy-pool target changes)
+  (b) + noisy prior  the NEUTRAL folder trained towards its prior instead (noisy_pool=prior, still
+                     no teacher: only the noisy-pool target changes)
   (c) + mean teacher the EMA teacher, consistency on labeled and unlabeled items, the noisy-pool
                      targets refined by the teacher (the config's mean-teacher settings)
   (d) + fine-tune    the frozen warm-up, then the last blocks end to end (frozen_steps >= 0,
@@ -256,12 +255,11 @@ def arm_overrides(arm: str, base, steps: int, epochs: int) -> list[str]:
     """The config changes of ``arm`` (cumulative: each arm is the previous one plus one change)."""
     frozen = ["frozen_steps=-1"]
     if arm == "a":
-        return ["mean_teacher=false", "unlabeled_batch=0", *frozen]
-    if arm == "b":  # the noisy-pool prior needs mean_teacher=true; a teacher that is the student and unused
-        return ["mean_teacher=true", "ema_decay=0", "consistency_weight=0", "noisy_sharpen=0",
-                "unlabeled_batch=0", *frozen]
+        return ["noisy_pool=label", "mean_teacher=false", "unlabeled_batch=0", *frozen]
+    if arm == "b":  # the prior alone is the noisy pool's target without a teacher
+        return ["noisy_pool=prior", "mean_teacher=false", "unlabeled_batch=0", *frozen]
     unlabeled = base.unlabeled_batch or 2 * base.labeled_batch
-    teacher = ["mean_teacher=true", f"unlabeled_batch={unlabeled}"]  # the rest: the config's settings
+    teacher = ["noisy_pool=prior", "mean_teacher=true", f"unlabeled_batch={unlabeled}"]  # the rest: the config's
     if arm == "c":
         return [*teacher, *frozen]
     # the config's warm-up when it leaves end-to-end steps, else the first half (at least one epoch frozen)

@@ -4,7 +4,9 @@
 
 Sends the original files of the test split (never seen in training) as multipart uploads, and one
 video, to the running API (model ``models:/sift-classifier@champion``), then prints the answers and
-per-class accuracy against the labels, and shuts the server down cleanly.
+per-class accuracy, and shuts the server down cleanly. Accuracy is measured against the ground truth
+when the corpus has one (``sift make-corpus`` writes ``_meta/truth.jsonl``: the noisy pool's items
+are then judged by their true class), else against the given labels.
 """
 from __future__ import annotations
 
@@ -26,11 +28,34 @@ def free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
-def held_out(data: Path, n: int) -> tuple[list[tuple[str, str]], str | None]:
+def ground_truth(data: Path) -> dict[str, str]:
+    """{absolute path: true class} from the corpus's ``_meta/truth.jsonl`` (the manifest's input), or {}."""
+    import json
+
+    try:
+        root = Path(json.loads((data / "manifest.json").read_text())["input"])
+        lines = (root / "_meta" / "truth.jsonl").read_text().splitlines()
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for line in lines:
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("true"):
+            out[str((root / rec["path"]).resolve())] = rec["true"]
+    return out
+
+
+def held_out(data: Path, n: int, truth: dict[str, str] | None = None) -> tuple[list[tuple[str, str]], str | None]:
     """(path, label) of labeled test-split images, and one video of the test split if any."""
     t = pads.dataset(str(data / "data"), format="parquet").to_table(
         columns=["path", "kind", "split", "label_name", "pool"]).to_pandas()
     test = t[t.split == "test"]
+    if truth:  # every test image has a true class: clean, noisy pool and unlabeled alike
+        imgs = test[test.kind == "image"].drop_duplicates("path")
+        imgs = imgs[[str(Path(p).resolve()) in truth for p in imgs.path]]
+        videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test")
+        return ([(p, truth[str(Path(p).resolve())]) for p in imgs.path[:n]],
+                videos.path.iloc[0] if len(videos) else None)
     imgs = test[(test.kind == "image") & (test.pool == "clean")].drop_duplicates("path")
     if len(imgs) < n:  # few clean labels: the noisy pool's label is the best we have
         imgs = test[(test.kind == "image") & (test.pool != "unlabeled")].drop_duplicates("path")
@@ -51,7 +76,8 @@ def main(argv=None) -> int:
     from .config import load_serve
     from .main import start
 
-    items, video = held_out(Path(args.data), args.n)
+    truth = ground_truth(Path(args.data))
+    items, video = held_out(Path(args.data), args.n, truth)
     cfg = load_serve(None, [f"model={args.model}", f"port={free_port(args.port)}"])
     start(cfg)
     url = f"http://{cfg.host}:{cfg.port}"
@@ -76,7 +102,7 @@ def main(argv=None) -> int:
                 print(f"video {Path(video).name}: {body['label']} ({len(body['frames'])} frames; {segs})")
     finally:
         serve.shutdown()
-    print(f"{'class':10s} {'n':>4s} {'accuracy':>9s}")
+    print(f"{'class':10s} {'n':>4s} {'accuracy':>9s}   (against the {'ground truth' if truth else 'given labels'})")
     for c in sorted(totals):
         print(f"{c:10s} {totals[c]:4d} {hits[c] / totals[c]:9.2f}")
     n = sum(totals.values())

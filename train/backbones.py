@@ -5,8 +5,9 @@
     backbone=facebook/dinov2-small           an HF DINOv2 checkpoint: the CLS token (pooled output)
     backbone=torchvision:resnet18            a torchvision CNN (resnet18/34/50, mobilenet_v3_small/large,
                                              efficientnet_b0): global-pooled features before the classifier
-    backbone=tiny | tiny-clip | random-vit-b32 | tiny-siglip | tiny-dinov2
+    backbone=tiny | tiny-clip | small-vit | random-vit-b32 | tiny-siglip | tiny-dinov2
                                              random-init HF towers built from configs in the repo
+                                             (small-vit: 4 blocks at 128 px, trainable end to end on a CPU)
 
 HF checkpoints load with ``from_pretrained`` (by id, or a local dir when offline); their input size
 and normalisation come from the checkpoint's image-processor config. A torchvision CNN takes the
@@ -34,7 +35,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 # random-init HF towers: (model_type, config file); tiny-clip has a (random) text tower for zero-shot
 BUILTIN = {"tiny": ("clip", CONFIG_DIR / "tiny_clip.json"), "tiny-clip": ("clip-text", CONFIG_DIR / "tiny_clip.json"),
-           "random-vit-b32": ("clip", None), "tiny-siglip": ("siglip", CONFIG_DIR / "tiny_siglip.json"),
+           "random-vit-b32": ("clip", None), "small-vit": ("clip", CONFIG_DIR / "small_vit.json"), "tiny-siglip": ("siglip", CONFIG_DIR / "tiny_siglip.json"),
            "tiny-dinov2": ("dinov2", CONFIG_DIR / "tiny_dinov2.json")}
 
 

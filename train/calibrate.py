@@ -212,8 +212,15 @@ def tag_thresholds(probs, targets) -> list[float]:
     return out
 
 
+def min_negatives(max_rate: float) -> int:
+    """Negative validation items an operating point at ``max_rate`` needs: enough that two false
+    alarms fit under the rate (40 at 5%, 200 at 1% or below). With fewer, the rate cannot be measured:
+    one item decides it, and the threshold lands above every negative seen."""
+    return math.ceil(2.0 / max(max_rate, 0.01))
+
+
 def choose_decision(probs, y, classes: Sequence[str], *, positive: str = "", negative: str = "",
-                    max_rate: float = 0.05, fallback: str = "") -> Decision:
+                    max_rate: float = 0.05, fallback: str = "", min_neg: int | None = None) -> Decision:
     """The operating point (``train.decision.Decision``) chosen on validation items (clean labels only:
     the caller leaves noisy-pool items out).
 
@@ -225,7 +232,10 @@ def choose_decision(probs, y, classes: Sequence[str], *, positive: str = "", neg
     the negative is guarded (never over a more probable positive), items no class claims go to
     ``fallback``, and the other thresholds maximise macro-F1 with tau held (:func:`macro_f1_thresholds`).
     Plain argmax (thresholds 1/C, the guard kept) when the positive or the negative has no validation
-    item; the others stay at 1/C when some class has no validation item.
+    item; the positive's threshold too when the negative has fewer than ``min_neg`` (default
+    :func:`min_negatives`) items, since the rate cannot be measured on so few (the curve still travels in
+    the artifact, for ``max_rate`` at serve time); the others stay at 1/C when some class has no
+    validation item.
 
     Without a worst mistake (``positive`` empty): :func:`macro_f1_thresholds` with the fallback.
     """
@@ -242,8 +252,9 @@ def choose_decision(probs, y, classes: Sequence[str], *, positive: str = "", neg
     curve = operating_curve(probs, y, pi, ni)
     if curve is None:  # the worst mistake cannot be measured here: plain argmax, guard kept
         return Decision(tuple([1.0 / C] * C), fi if C > 2 else None, pi, ni)
-    tau = tau_at_rate(curve, max_rate)
     curve_t = {k: tuple(curve[k]) for k in ("tau", "recall", "rate")}
+    enough = curve["n_neg"] >= (min_negatives(max_rate) if min_neg is None else min_neg)
+    tau = tau_at_rate(curve, max_rate) if enough else 1.0 / C
     if C == 2:
         t = [0.0, 0.0]
         t[pi], t[ni] = tau, max(1.0 - tau, _TINY)  # 1 - tau can round to 0 when tau = 1

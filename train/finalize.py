@@ -105,6 +105,11 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
                                          negative=cfg.negative, max_rate=cfg.threshold_rate,
                                          fallback=cfg.fallback)
     thresholds = list(decision.thresholds)
+    if cfg.positive and counts[cfg.negative] < calibrate.min_negatives(cfg.threshold_rate):
+        print(f"[train] {counts[cfg.negative]} clean {cfg.negative} validation items cannot measure "
+              f"{cfg.negative}->{cfg.positive} <= {cfg.threshold_rate:g} (that needs "
+              f"{calibrate.min_negatives(cfg.threshold_rate)}): {cfg.positive} keeps plain argmax; serve with "
+              f"max_rate=... to read a threshold off the validation curve anyway", flush=True)
     test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
     tclean = test_pool == 0  # test metrics on clean labels too (the noisy pool enters only the mix estimate)

@@ -128,9 +128,22 @@ def test_chosen_thresholds_degenerate_inputs():
     # a negative item that the model is certain is positive and the rate 0: nothing may be flagged
     probs = np.array([[0.9, 0.05, 0.05], [0.99, 0.005, 0.005], [0.2, 0.2, 0.6]])
     d = choose_decision(probs, np.array([BAD, GOOD, GOOD]), CLASSES, positive="BAD", negative="GOOD",
-                        max_rate=0.0, fallback="NEUTRAL")
+                        max_rate=0.0, fallback="NEUTRAL", min_neg=0)
     assert all(0 < v <= 1 for v in d.thresholds)
     assert d.predict(probs).tolist() == [NEUTRAL, NEUTRAL, GOOD]  # not BAD, and not GOOD either: uncertain
+
+
+def test_too_few_negatives_keep_plain_argmax_and_the_curve():
+    probs, y = _val_set(n=120, seed=2)  # ~40 GOOD items: too few for 1%, enough for 5%
+    n_good = int((y == GOOD).sum())
+    few = choose_decision(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=0.01, fallback="NEUTRAL")
+    assert n_good < 200 and few.thresholds[BAD] == pytest.approx(1 / 3) and few.curve is not None
+    moved = few.override(CLASSES, max_rate=0.01)  # the user can still ask for the rate at serve time
+    assert moved.thresholds[BAD] == pytest.approx(
+        choose_decision(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=0.01, fallback="NEUTRAL",
+                        min_neg=0).thresholds[BAD])
+    enough = choose_decision(probs, y, CLASSES, positive="BAD", negative="GOOD", max_rate=0.05, min_neg=n_good)
+    assert enough.thresholds[BAD] != pytest.approx(1 / 3)
 
 
 def test_operating_curve_is_the_exact_sweep():
