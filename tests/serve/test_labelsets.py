@@ -114,7 +114,11 @@ def test_binary_nsfw_sfw_with_a_worst_mistake(tmp_path, server, capsys, sift_hom
     assert run.data.params["selection"] == "NSFW_recall@SFW2NSFW<=0.1"
     assert "test_NSFW_recall_at_SFW2NSFW_le_10" in run.data.metrics
     meta = json.loads((sift_home / "runs" / "sift-nsfw-run" / "model" / META).read_text())
-    assert meta["decision"] == {"rule": "worst_mistake", "positive": "NSFW", "negative": "SFW", "max_rate": 0.1}
+    d = meta["decision"]
+    assert {k: d[k] for k in ("rule", "positive", "negative", "max_rate", "fallback")} == {
+        "rule": "worst_mistake", "positive": "NSFW", "negative": "SFW", "max_rate": 0.1, "fallback": None}
+    n = d["calibration_items"]  # the clean validation items it rests on, and its curve for serve time
+    assert n["total"] == n["NSFW"] + n["SFW"] > 0 and len(d["curve"]["tau"]) == len(d["curve"]["rate"]) > 1
     t = meta["thresholds"]
     assert len(t) == 2 and t[0] + t[1] == pytest.approx(1.0)  # one threshold: NSFW when P(NSFW) >= t[0]
     assert (sift_home / "runs" / "sift-nsfw-run" / "pr_curves_test.png").stat().st_size > 1000
@@ -130,7 +134,8 @@ def test_four_unordered_classes_use_macro_f1(tmp_path, server, capsys, sift_home
     assert run.data.params["selection"] == "macro_f1" and run.data.params["positive"] == ""
     assert not any("_recall_at_" in k for k in run.data.metrics)
     meta = json.loads((sift_home / "runs" / "sift-rooms-run" / "model" / META).read_text())
-    assert meta["decision"] == {"rule": "macro_f1"} and sum(meta["thresholds"]) == pytest.approx(1.0)
+    assert meta["decision"]["rule"] == "macro_f1" and meta["decision"]["fallback"] is None
+    assert sum(meta["thresholds"]) == pytest.approx(1.0)
     assert meta["zero_shot"]["prompts"] == ["an indoor room", "a photo of beach", "a photo of forest",
                                             "a photo of kitchen"] and meta["zero_shot"]["scale"] > 0
 

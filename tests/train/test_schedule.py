@@ -58,7 +58,7 @@ def test_unfrozen_phase_trains_the_last_blocks_only(tmp_path):
     backbone, preproc = load_backbone(resolve_backbone("tiny", tmp_path))
     model = Classifier(backbone, 2, 0, 16, 0.0, False)
     set_trainable(model, 1)
-    layers = model.backbone.vision_model.encoder.layers
+    layers = model.backbone.blocks()
     first, last = (copy_of(layers[0]), copy_of(layers[-1]))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     x = torch.randn(4, 3, preproc.crop, preproc.crop)
