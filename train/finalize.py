@@ -169,7 +169,9 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])
-        mlflow.log_metric(tracking.SELECTION, state["best"])
+        # one step past the last epoch: MLflow's latest value (what `sift promote` and `sift runs`
+        # read) is then the best epoch's score, not the last epoch's
+        mlflow.log_metric(tracking.SELECTION, state["best"], step=state["step"] + 1)
         if mixes:  # each noisy pool's estimated mix beside the prior, with a suggestion when they differ
             mlflow.log_dict(mixes, "noisy_pools.json")
         version = tracking.log_and_register(mlflow, art, cfg.model_name, classes, _example_jpeg(ctx))

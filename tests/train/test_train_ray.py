@@ -15,6 +15,10 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     run = client.get_run(s["run_id"])
     assert run.data.params["backbone"] == "tiny" and run.data.params["mean_teacher"] == "True"
     assert SELECTION in run.data.metrics and "test_macro_f1" in run.data.metrics
+    # the run's latest selection score is the best epoch's (what promotion compares)
+    assert run.data.metrics[SELECTION] == pytest.approx(run.data.metrics["best_val_selection"])
+    assert run.data.metrics[SELECTION] == pytest.approx(max(  # "better" needs a 1e-4 relative gain
+        m.value for m in client.get_metric_history(s["run_id"], SELECTION)), rel=1e-3)
     assert any(k.startswith("train_loss") for k in run.data.metrics)
     history = client.get_metric_history(s["run_id"], "train_loss")
     assert history  # per-epoch metric recorded with its step
