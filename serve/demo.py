@@ -50,17 +50,16 @@ def held_out(data: Path, n: int, truth: dict[str, str] | None = None) -> tuple[l
     t = pads.dataset(str(data / "data"), format="parquet").to_table(
         columns=["path", "kind", "split", "label_name", "pool"]).to_pandas()
     test = t[t.split == "test"]
+    videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test")
+    video = videos.path.iloc[0] if len(videos) else None
     if truth:  # every test image has a true class: clean, noisy pool and unlabeled alike
         imgs = test[test.kind == "image"].drop_duplicates("path")
         imgs = imgs[[str(Path(p).resolve()) in truth for p in imgs.path]]
-        videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test")
-        return ([(p, truth[str(Path(p).resolve())]) for p in imgs.path[:n]],
-                videos.path.iloc[0] if len(videos) else None)
+        return [(p, truth[str(Path(p).resolve())]) for p in imgs.path[:n]], video
     imgs = test[(test.kind == "image") & (test.pool == "clean")].drop_duplicates("path")
     if len(imgs) < n:  # few clean labels: the noisy pool's label is the best we have
         imgs = test[(test.kind == "image") & (test.pool != "unlabeled")].drop_duplicates("path")
-    videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test")
-    return list(zip(imgs.path[:n], imgs.label_name[:n])), (videos.path.iloc[0] if len(videos) else None)
+    return list(zip(imgs.path[:n], imgs.label_name[:n])), video
 
 
 def main(argv=None) -> int:

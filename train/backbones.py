@@ -19,6 +19,7 @@ training, the embedding cache, serving and ``sift export`` load it through one p
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ def resolve(spec: str, cache_dir: Path, image_size: int = 0, seed: int = 0) -> s
             _atomic(out, lambda tmp: _build_random_hf(name, tmp, seed))
         return str(out)
     size = image_size or 224
-    tag = f"{name}-{size}" + (f"-{abs(hash(weights)) % 10**8}" if weights else "")
+    # a stable name per weights file (str hash() changes per process: it would rebuild every run)
+    tag = f"{name}-{size}" + (f"-{hashlib.sha256(weights.encode()).hexdigest()[:8]}" if weights else "")
     out = Path(cache_dir) / "backbones" / f"torchvision-{tag}"
     if not (out / SIFT_JSON).exists():
         _atomic(out, lambda tmp: _build_torchvision(name, weights, size, tmp, seed))

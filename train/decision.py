@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from flows.config import knob
+
 
 def decide(probs, thresholds: Sequence[float], *, fallback: int | None = None, positive: int | None = None,
            negative: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -171,11 +173,9 @@ class OperatingPointKnobs:
     thresholds: dict[str, float] = dataclasses.field(
         default_factory=dict, metadata={"prefix": "threshold_", "help": "per-class thresholds, e.g. "
                                         "threshold_BAD=0.6 (empty: the artifact's)"})
-    max_rate: float = dataclasses.field(default=-1.0, metadata={
-        "lo": -1.0, "hi": 1.0, "help": "target negative->positive rate (e.g. GOOD->BAD 0.01), read off the "
-        "validation curve in the artifact; -1: the artifact's"})
-    fallback: str = dataclasses.field(default="", metadata={
-        "help": "class of items no class claims, or none (empty: the artifact's)"})
+    max_rate: float = knob(-1.0, lo=-1.0, hi=1.0, help="target negative->positive rate (e.g. GOOD->BAD 0.01), "
+                           "read off the validation curve in the artifact; -1: the artifact's")
+    fallback: str = knob("", help="class of items no class claims, or none (empty: the artifact's)")
 
     def operating_point(self) -> dict:
         """Keyword arguments of ``SiftModel.operating_point``."""
