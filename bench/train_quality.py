@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--short-edge", type=int, default=160, help="preprocess short_edge")
     ap.add_argument("--quick", action="store_true", help="a smoke run that finishes in a few minutes")
     ap.add_argument("--workdir", type=Path, default=None, help="keep corpora, data and runs here (reused)")
+    ap.add_argument("--arms", default="abcd", help="the arms to train (default abcd; the floor always runs)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a train-config override for every arm (repeatable): bench a recipe change")
     a = ap.parse_args(argv)
     # quick needs 2 epochs, not 1: arm (d) unfreezes at an epoch boundary, so in 1 epoch it equals (c)
     quick = {"images": 240, "epochs": 2, "steps": 8, "seeds": [0]}
@@ -114,10 +117,13 @@ def check_args(a: argparse.Namespace) -> None:
     if a.images < 100 or a.test_images < 30:
         raise ConfigError(f"--images {a.images} / --test-images {a.test_images}: too few for a split "
                           "with every class in val and test (at least 100 / 30)")
+    if not a.arms or set(a.arms) - {arm for arm, _ in ARMS}:
+        raise ConfigError(f"--arms {a.arms!r}: pick from {''.join(arm for arm, _ in ARMS)}")
     if a.epochs < 1 or a.steps < 1 or not a.seeds:
         raise ConfigError("--epochs, --steps and --seeds must be positive / non-empty")
     if not Path(a.config).exists():
         raise ConfigError(f"--config {a.config} does not exist")
+    load_train(a.config, a.overrides)  # a wrong --set fails here, before any corpus is drawn
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -272,8 +278,8 @@ def train_arm(arm: str, seed: int, a, data: dict, uri: str) -> dict:
     """Train one arm for one seed with sift's own ``train.main.run``; returns its summary."""
     from train.main import run as train
 
-    base = load_train(a.config)
-    overrides = [f"seed={seed}", f"epochs={a.epochs}", f"steps_per_epoch={a.steps}", "early_stop=0",
+    base = load_train(a.config, a.overrides)
+    overrides = [*a.overrides, f"seed={seed}", f"epochs={a.epochs}", f"steps_per_epoch={a.steps}", "early_stop=0",
                  f"eval_truth={data['truth']}", "predictions=false", "experiment=sift-bench-quality",
                  f"run_name=quality-{arm}-s{seed}-{int(time.time())}",
                  *arm_overrides(arm, base, a.steps, a.epochs)]
@@ -285,7 +291,7 @@ def run_bench(a: argparse.Namespace, work: Path) -> dict:
     data = build_data(work, a)
     manifest = json.loads((data["train"]["data"] / "manifest.json").read_text())
     classes = list(manifest["classes"])
-    cfg = for_classes(load_train(a.config), classes)
+    cfg = for_classes(load_train(a.config, a.overrides), classes)
     if not (cfg.positive and cfg.negative):
         raise ConfigError(f"the bench needs the worst mistake (positive/negative) among {classes}")
     sets = {}
@@ -309,6 +315,8 @@ def run_bench(a: argparse.Namespace, work: Path) -> dict:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     for seed in a.seeds:
         for arm, name in ARMS:
+            if arm not in a.arms:
+                continue
             t = time.time()
             summary = train_arm(arm, seed, a, data["train"], uri)
             for split, s in tests.items():
@@ -344,7 +352,8 @@ def report(results: dict, a: argparse.Namespace) -> None:
     print("\n== bench/train_quality.py ==")
     print(f"train: {a.images} images in style 0 (10% clean labels, 25% NEUTRAL noisy pool, rest unlabeled); "
           f"test: the same-style test split and {a.test_images} other images in style {a.style_test}; "
-          f"config {Path(a.config).name}, {a.epochs} epochs x {a.steps} steps, seeds {a.seeds}; "
+          f"config {Path(a.config).name}{''.join(' ' + o for o in a.overrides)}, arms {a.arms}, "
+          f"{a.epochs} epochs x {a.steps} steps, seeds {a.seeds}; "
           f"mean [min-max] over seeds vs ground truth")
     width = 24 if n > 1 else 11
     for split, title in (("same", "(i) same-style test split"), ("shift", f"(ii) style-{a.style_test} corpus")):

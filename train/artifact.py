@@ -26,6 +26,7 @@ from PIL import Image
 
 from flows.images import open_image, resize_short
 
+from .colour import ColourStats
 from .decision import Decision
 from .model import Classifier, Head, HeadOutput, load_backbone
 from .transforms import Preproc, center_crop, five_crops, normalize, square, tile_edge, to_uint8_batch
@@ -64,6 +65,7 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
         "classes": list(classes), "thresholds": [float(t) for t in thresholds],
         "decision": decision or {"rule": "argmax"},
         "temperature": float(temperature), "faces": face_meta, "n_face": model.n_face,
+        "colour_stats": model.stats is not None,
         "hidden": hidden, "dropout": dropout, "score_head": model.head.score is not None,
         "score_range": list(score_range) if score_range else None,
         "tags": list(tags), "tag_thresholds": [float(t) for t in tag_thresholds],
@@ -99,7 +101,8 @@ class SiftModel:
         self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
                                 self.meta["dropout"], self.meta["score_head"], len(self.tags),
                                 torch.zeros(len(self.classes), backbone.dim) if zs else None,
-                                zs["scale"] if zs else 1.0)
+                                zs["scale"] if zs else 1.0,
+                                stats=ColourStats(self.preproc.mean, self.preproc.std) if self.meta.get("colour_stats") else None)
         self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu", weights_only=True))
         self.device = device
         self.model.to(device).eval()

@@ -131,27 +131,54 @@ def color_jitter(x: Tensor, brightness: float = 0.2, contrast: float = 0.2, satu
     return y.round_().to(torch.uint8)
 
 
+# RGB -> YIQ (NTSC): Y is luma, (I, Q) the chroma plane; a hue shift is a rotation of that plane
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_rotate(x: Tensor, hue: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """Per-image hue shift by a fraction of a turn ~ U(-hue, hue): the chroma plane of YIQ rotated,
+    so luma is kept exactly and saturation nearly (up to clamping at the gamut's edge); a palette
+    changes, the layout, brightness and colourfulness do not. uint8 (B, 3, H, W), same shape.
+    ``hue`` 0 returns x and draws nothing (the generator's stream is the same as without the step)."""
+    _check_images(x)
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"hue must be in [0, 0.5] (a fraction of a turn), got {hue}")
+    if hue == 0:
+        return x
+    theta = (2 * torch.rand(x.shape[0], generator=generator, device=x.device) - 1) * hue * 2 * math.pi
+    c, s = theta.cos(), theta.sin()
+    rot = torch.zeros(x.shape[0], 3, 3, device=x.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    yiq = _YIQ.to(x.device)
+    m = torch.linalg.inv(yiq) @ rot @ yiq  # (B, 3, 3): RGB -> rotated RGB
+    y = torch.einsum("bij,bjhw->bihw", m, x.float())
+    return y.clamp_(0, 255).round_().to(torch.uint8)
+
+
 def augment(x: Tensor, out_hw: tuple[int, int], generator: torch.Generator | None = None, **kw) -> Tensor:
-    """random_resized_crop -> random_flip -> color_jitter. Crop first: the later steps then run on the
-    smaller image. kw: scale, ratio (crop); p (flip); brightness, contrast, saturation (jitter).
-    uint8 (B, 3, H, W) -> uint8 (B, 3, *out_hw)."""
+    """random_resized_crop -> random_flip -> color_jitter -> hue_rotate. Crop first: the later steps
+    then run on the smaller image. kw: scale, ratio (crop); p (flip); brightness, contrast, saturation
+    (jitter); hue (hue_rotate). uint8 (B, 3, H, W) -> uint8 (B, 3, *out_hw)."""
     groups = {"crop": ("scale", "ratio"), "flip": ("p",),
-              "jitter": ("brightness", "contrast", "saturation")}
+              "jitter": ("brightness", "contrast", "saturation"), "hue": ("hue",)}
     unknown = set(kw) - {k for keys in groups.values() for k in keys}
     if unknown:
         raise TypeError(f"augment() got unknown options {sorted(unknown)}")
     pick = {g: {k: kw[k] for k in keys if k in kw} for g, keys in groups.items()}
     x = random_resized_crop(x, out_hw, generator=generator, **pick["crop"])
     x = random_flip(x, generator=generator, **pick["flip"])
-    return color_jitter(x, generator=generator, **pick["jitter"])
+    x = color_jitter(x, generator=generator, **pick["jitter"])
+    return hue_rotate(x, generator=generator, **pick["hue"])
 
 
-def augment_kwargs(min_area: float, jitter: float, saturation: float) -> dict:
+def augment_kwargs(min_area: float, jitter: float, saturation: float, hue: float = 0.0) -> dict:
     """:func:`augment` keywords from the train config's knobs: crops keep at least ``min_area`` of
     the square (a face or a text line at its edge survives), brightness/contrast jitter ``jitter``, a
-    separate, milder saturation jitter (saturation can be the class signal: jitter must not erase it)."""
+    separate, milder saturation jitter (saturation can be the class signal: jitter must not erase it),
+    and a hue shift (the palette changes, saturation stays)."""
     return {"scale": (float(min_area), 1.0), "brightness": float(jitter), "contrast": float(jitter),
-            "saturation": float(saturation)}
+            "saturation": float(saturation), "hue": float(hue)}
 
 
 def feature_noise(z: Tensor, std: float = 0.1, dropout: float = 0.1,

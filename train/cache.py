@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .augment import augment
+from .model import embed
 from .transforms import Preproc, center_crop, decode, normalize, to_uint8_batch
 
 KEEP = ["id", "group_id", "kind", "label", "pool", "score", "tags", "split", "path", "image"]
@@ -26,13 +27,15 @@ class Embedder:
     """``map_batches`` callable: stored JPEGs -> face features (B,F) + embeddings (B,V,D)."""
 
     def __init__(self, backbone_dir: str, preproc: dict, views: int, faces: dict | None, seed: int,
-                 threads: int = 1, aug: dict | None = None):
+                 threads: int = 1, aug: dict | None = None, stats: bool = False):
+        from .colour import ColourStats
         from .model import load_backbone
 
         torch.set_num_threads(threads)
         self.model, _ = load_backbone(backbone_dir)
         self.model.eval()
         self.p = Preproc.from_dict(preproc)
+        self.stats = ColourStats(self.p.mean, self.p.std) if stats else None
         self.views, self.seed, self.aug = views, seed, dict(aug or {})
         self.detector = None
         if faces:
@@ -49,8 +52,7 @@ class Embedder:
         views += [augment(x, (self.p.crop, self.p.crop), generator=g, **self.aug) for _ in range(self.views - 1)]
         out = []
         for v in views:
-            z = self.model(normalize(v, self.p))
-            out.append(torch.nn.functional.normalize(z, dim=-1))
+            out.append(embed(self.model, normalize(v, self.p), self.stats))
         return torch.stack(out, dim=1).numpy().astype(np.float32)
 
     def __call__(self, batch: dict) -> dict:
@@ -73,8 +75,9 @@ def _seed_of(ids: list[str], seed: int) -> int:
 
 
 def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, faces: dict | None,
-              seed: int, aug: dict | None = None) -> str:
-    """Identifies a cache: the data (its manifest), the backbone, preprocessing, views, detector."""
+              seed: int, aug: dict | None = None, stats: bool = False) -> str:
+    """Identifies a cache: the data (its manifest), the backbone, preprocessing, views, detector,
+    the statistics branch."""
     manifest = Path(data_dir) / "manifest.json"
     data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else str(data_dir)
     bb = Path(backbone_dir) / "config.json"
@@ -84,14 +87,16 @@ def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, f
     if weights is not None:  # random builtins share a config; their weights (seeded) identify them
         st = weights.stat()
         bb_id += f"{st.st_size}"
-    blob = json.dumps([data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}], sort_keys=True,
-                      default=str)
+    parts = [data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}]
+    if stats:  # appended only when on, so caches built without the branch keep their keys
+        parts.append("colour-stats")
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, views: int,
                 faces: dict | None, seed: int, actors: int = 1, actor_cpus: float = 1.0,
-                io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None) -> Path:
+                io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None, stats: bool = False) -> Path:
     """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker)."""
     import ray
 
@@ -106,7 +111,7 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
     ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=[c for c in KEEP if c in have],
                                num_cpus=io_cpus)
     ds = ds.map_batches(
-        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug),
+        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug, stats),
         batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -23,6 +23,7 @@ class TrainConfig:
     image_size: int = knob(0, lo=0, hi=1024, help="model input side of a torchvision CNN (0: 224; HF checkpoints: their own)")
     image_fit: str = knob("crop", choices=("crop", "pad"), help="square the image by a centre crop, or pad it "
                           "whole (a 16:9 thumbnail keeps its sides)")
+    colour_stats: bool = knob(True, help="global colour and edge statistics beside the embedding (train/colour.py)")
     hidden: int = knob(1024, lo=8, hi=16384)
     dropout: float = knob(0.1, lo=0.0, hi=0.9)
     score_head: bool = False
@@ -46,6 +47,8 @@ class TrainConfig:
     aug_min_area: float = knob(0.8, lo=0.05, hi=1.0, help="random crops keep at least this share of the square")
     aug_jitter: float = knob(0.2, lo=0.0, hi=1.0, help="brightness/contrast jitter strength")
     aug_saturation: float = knob(0.1, lo=0.0, hi=1.0, help="saturation jitter (mild: saturation can be the signal)")
+    aug_hue: float = knob(0.0, lo=0.0, hi=0.5, help="hue shift, a fraction of a turn (0.5: any palette; "
+                          "keep 0 where hue is the signal)")
     balance: float = knob(1.0, lo=0.0, hi=1.0, help="class weights (N / C n_c)^balance on clean items; 0: none")
     noisy_pool: str = knob("prior", choices=("prior", "label", "ignore"),
                            help="noisy pools: towards their prior, at their word, or left out")

@@ -139,13 +139,13 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         raise ConfigError(f"image_size={cfg.image_size}: backbone {cfg.backbone} takes {preproc.crop} px "
                           "(image_size applies to torchvision CNNs; an HF checkpoint has its own)")
     preproc = dataclasses.replace(preproc, fit=cfg.image_fit)
-    aug = augment_kwargs(cfg.aug_min_area, cfg.aug_jitter, cfg.aug_saturation)
+    aug = augment_kwargs(cfg.aug_min_area, cfg.aug_jitter, cfg.aug_saturation, cfg.aug_hue)
     init_ray(num_cpus)
     faces = face_spec(cfg)
     n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0
-    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug)
+    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug, cfg.colour_stats)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
-                        actors=cfg.cache_actors, aug=aug)
+                        actors=cfg.cache_actors, aug=aug, stats=cfg.colour_stats)
     if cache_only:
         return {"cache": str(cache)}
     meta = pads.dataset(str(cache), format="parquet").to_table(

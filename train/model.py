@@ -1,6 +1,7 @@
 """The classifier: a vision backbone -> [embedding ; face features] -> residual MLP head.
 
     pixels (B,3,S,S) --backbone (CLIP/SigLIP/DINOv2 ViT or a CNN, train/backbones.py)--> (B,D) --L2 norm--> z
+                     \-colour statistics (optional, train/colour.py)--> (B,K), appended to z
     [z ; face (B,F)] --BatchNorm--Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
                                                                                   \\-> score (B,1), tanh (optional)
 
@@ -27,6 +28,21 @@ def resolve_backbone(spec: str, cache_dir: Path, image_size: int = 0) -> str:
 def load_backbone(path_or_id: str) -> tuple[backbones.Backbone, Preproc]:
     """A resolved backbone -> (Backbone: pixels (B,3,S,S) -> features (B,D), its Preproc)."""
     return backbones.load(path_or_id)
+
+
+def embed(backbone: nn.Module, pixels: torch.Tensor, stats: nn.Module | None = None) -> torch.Tensor:
+    """pixels (B,3,S,S) normalised -> [L2-normalised backbone features (B, D) ; stats(pixels) (B, K)].
+
+    The one embedding function: the embedding cache, training and serving all call it. Only the
+    backbone part is normalised: the statistics keep their own scale (the head standardises both).
+    """
+    z = F.normalize(backbone(pixels), dim=-1)
+    return z if stats is None else torch.cat([z, stats(pixels).to(z.dtype)], dim=-1)
+
+
+def embed_dim(backbone: nn.Module, stats: nn.Module | None = None) -> int:
+    """D (+ K with the statistics branch): the width of :func:`embed`'s output."""
+    return int(backbone.dim) + (int(stats.dim) if stats is not None else 0)
 
 
 class HeadOutput(NamedTuple):
@@ -85,17 +101,21 @@ class Head(nn.Module):
 class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, n_classes: int, n_face: int, hidden: int = 1024,
                  dropout: float = 0.1, score_head: bool = False, n_tags: int = 0,
-                 prompts: torch.Tensor | None = None, prompt_scale: float = 1.0):
+                 prompts: torch.Tensor | None = None, prompt_scale: float = 1.0,
+                 stats: nn.Module | None = None):
+        """``stats``: an optional parameter-free branch (``train.colour.ColourStats``) whose
+        features (B, K) follow the L2-normalised backbone embedding in ``embed``."""
         super().__init__()
         self.backbone = backbone
-        self.embed_dim = int(backbone.dim)
+        self.stats = stats
+        self.embed_dim = embed_dim(backbone, stats)
         self.n_face = n_face
         self.head = Head(self.embed_dim + n_face, hidden, n_classes, dropout, score_head, n_tags, prompts,
                          prompt_scale)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B,3,S,S) float -> L2-normalised embedding (B, D)."""
-        return F.normalize(self.backbone(pixels), dim=-1)
+        """pixels (B,3,S,S) float -> embedding (B, D[+K]) (:func:`embed`)."""
+        return embed(self.backbone, pixels, self.stats)
 
     def from_embedding(self, z: torch.Tensor, face: torch.Tensor | None):
         """Cached embedding (B,D) + face features (B,F) -> HeadOutput. Head only."""

@@ -22,6 +22,7 @@ import ray.train
 import torch
 
 from . import calibrate, metrics
+from .colour import ColourStats
 from .data import CacheView, PixelView, cycle, to_tensors
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
@@ -86,8 +87,10 @@ def train_loop_per_worker(ctx: dict) -> None:
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     backbone, _ = load_backbone(ctx["backbone_dir"])
     zs = ctx.get("zero_shot")
+    p = ctx["preproc"]
     model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head,
-                       len(ctx["tags"]), zs["embeddings"] if zs else None, zs["scale"] if zs else 1.0)
+                       len(ctx["tags"]), zs["embeddings"] if zs else None, zs["scale"] if zs else 1.0,
+                       stats=ColourStats(p.mean, p.std) if cfg.colour_stats else None)
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
     opt = _optimizer(model, cfg, [])

@@ -133,3 +133,22 @@ def test_feature_noise_scale_and_dropout_rate():
     assert torch.allclose(dropped[kept], z[kept] / 0.75)  # inverted dropout keeps the expectation
     a = feature_noise(z, generator=_gen(3))
     assert torch.equal(a, feature_noise(z, generator=_gen(3))) and not torch.equal(a, z)
+
+
+def test_hue_rotate_keeps_luma_and_colourfulness_and_moves_the_palette():
+    from train.augment import hue_rotate
+    from train.colour import ColourStats
+    from train.transforms import Preproc, normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(88, 168, (8, 3, 16, 16), generator=g).to(torch.uint8)  # far from the gamut's edge
+    assert torch.equal(hue_rotate(x, 0.0), x)
+    y = hue_rotate(x, 0.5, generator=torch.Generator().manual_seed(1))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert ((x.float() * luma).sum(1) - (y.float() * luma).sum(1)).abs().max() <= 3  # rounding, clamping
+    assert (y.float() - x.float()).abs().mean() > 5  # the colours did move
+    p = Preproc(16, 16)
+    sx, sy = (ColourStats(p.mean, p.std)(normalize(v, p)) for v in (x, y))
+    assert (sx[:, 92] - sy[:, 92]).abs().max() < 0.15  # mean saturation nearly kept
+    with pytest.raises(ValueError):
+        hue_rotate(x, 0.6)
