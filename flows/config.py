@@ -206,6 +206,59 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def knobs_table(cfg: Any) -> str:
+    """Every knob of a loaded config (its values are the defaults a user starts from): name, type,
+    default, range or choices, help text; one aligned line each, as ``sift <stage> --knobs`` prints."""
+    hints = typing.get_type_hints(type(cfg))
+    rows = []
+    for f in dataclasses.fields(cfg):
+        meta = f.metadata
+        rng = ""
+        if meta.get("choices"):
+            rng = "|".join(map(str, meta["choices"]))
+        elif meta.get("lo") is not None and meta.get("hi") is not None:
+            rng = f"[{meta['lo']}, {meta['hi']}]"
+        elif meta.get("lo") is not None:
+            rng = f">= {meta['lo']}"
+        elif meta.get("hi") is not None:
+            rng = f"<= {meta['hi']}"
+        kind = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        value = getattr(cfg, f.name)
+        shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        rows.append((f.name, kind, shown or "''", rng, meta.get("help", "")))
+    widths = [min(32, max(len(r[i]) for r in rows)) for i in range(4)]
+    head = ("knob", "type", "default", "range")
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  help"]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else ""))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and mappings as plain lists and dicts, for YAML."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, typing.Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def add_knobs_flag(ap, defaults) -> None:
+    """``--knobs`` on a stage's argparse parser: print :func:`knobs_table` of ``defaults()`` (the
+    stage's loaded default config, or a tuple of them) and exit 0, before any required argument is
+    checked (as --help)."""
+    import argparse
+
+    class _Knobs(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            cfgs = defaults()
+            tables = [knobs_table(c) for c in (cfgs if isinstance(cfgs, tuple) else (cfgs,))]
+            print(f"{parser.prog}: every knob, set as key=value (defaults as loaded)\n" + "\n\n".join(tables))
+            parser.exit(0)
+
+    ap.add_argument("--knobs", action=_Knobs, nargs=0, help="list every config knob: default, range, help")
+
+
 # --------------------------------------------------------------------------------------------
 # The preprocessing stage's config (flows/configs/preprocess.yaml holds the defaults).
 

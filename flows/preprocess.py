@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import download, labelset
-from .config import flat, load_preprocess
+from .config import add_knobs_flag, flat, load_preprocess
 from .ingest import discover
 from .manifest import build_manifest, decide
 from .process import process_batch
@@ -159,6 +159,7 @@ def summary(m: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift preprocess", description=__doc__.split("\n\n")[0])
+    add_knobs_flag(ap, load_preprocess)
     ap.add_argument("--input", required=True, help="folder tree (label folders) or JSONL manifest")
     ap.add_argument("--output", required=True, help="output folder (data/, rejects, manifest.json)")
     ap.add_argument("--config", help="YAML file overriding flows/configs/preprocess.yaml")

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .browser import Browser
-from .config import ConfigError
+from .config import ConfigError, add_knobs_flag
 from .feed import classify_remote, server_classes, write_feed
 from .fetch import Fetched, Fetcher, RateLimiter
 from .images import open_image, prepare
@@ -209,6 +209,7 @@ def summary(pages: list[dict]) -> dict:
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="sift scrape", description="Visit feeds in headless Chromium, collect "
                                  "and compress their media; write a training manifest and/or a filtered feed.")
+    add_knobs_flag(ap, lambda: load_settings(None, None, []))
     ap.add_argument("args", nargs="*", metavar="URL|key=value", help="start URLs and config overrides")
     ap.add_argument("--recipe", help="recipe YAML (default: the generic recipe)")
     ap.add_argument("--config", help="a YAML file of scrape settings over flows/configs/scrape.yaml")

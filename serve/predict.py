@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from flows.config import ConfigError
+from flows.config import ConfigError, add_knobs_flag
 
 from .batch import ENCODED, SCORE, TAGS, check_budget, check_operating_point, prob_column, score, stream
 from .batch_config import PredictConfig, load_predict
@@ -137,6 +137,7 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift predict", description=__doc__.split("\n\n")[0])
+    add_knobs_flag(ap, load_predict)
     ap.add_argument("--input", required=True, help="image folder, parquet file/folder, or preprocess output")
     ap.add_argument("--output", required=True, help="output parquet file")
     ap.add_argument("--model", help="artifact dir or models:/ URI (default: the config's, @champion)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.config import ConfigError, flat
+from flows.config import ConfigError, add_knobs_flag, flat
 from flows.validate import Reject, check, read_head
 from flows.video import VideoError, check_limits, output_size, probe
 
@@ -215,6 +215,7 @@ def export_spans(summary: dict, path: Path) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift scan", description=__doc__.split("\n\n")[0])
+    add_knobs_flag(ap, load_scan)
     ap.add_argument("inputs", nargs="+", metavar="VIDEO|key=value",
                     help="video files (mp4, mov, webm, mkv), then key=value config overrides")
     ap.add_argument("--output", required=True, help="output folder (timelines, plots, scan.json)")

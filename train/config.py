@@ -75,6 +75,8 @@ class TrainConfig:
     # evaluation + selection
     selection: str = knob("auto", help="auto: the worst-mistake operating point when set, else macro_f1")
     threshold_rate: float = knob(0.05, lo=0.0, hi=1.0, help="max negative->positive rate of the thresholds")
+    calibration_folds: int = knob(5, lo=0, hi=20, help="when clean validation items are few (< 30 a class), the "
+                                  "operating point also rests on cross-fitted clean training items (0: off)")
     early_stop: int = knob(5, lo=0, help="epochs without improvement before stopping; 0 = never")
     plateau_patience: int = knob(2, lo=0)
     plateau_factor: float = knob(0.5, lo=0.01, hi=1.0)

@@ -92,6 +92,18 @@ class PixelView:
         return model(pixels=normalize(x, self.p), face=b["face"])
 
 
+def shard_batches(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True,
+                  seed: int | None = None):
+    """Tensor batches (:func:`to_tensors`) of a Ray Data shard; ``mode`` "cache" leaves the pixels
+    unread, "pixels" reads them; ``seed`` fixes the local shuffle (a run replays exactly)."""
+    cols = None if mode == "pixels" else [c for c in ctx["columns"] if c != "image"]
+    kw = {"local_shuffle_buffer_size": batch * 8, "local_shuffle_seed": seed} if shuffle else {}
+    for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
+        if cols:
+            nb = {k: nb[k] for k in cols if k in nb}
+        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel, ctx["tags"])
+
+
 def cycle(make_iter):
     """Endless iterator over an iterable factory (a new Ray Data epoch each time it runs out)."""
     while True:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import ray.train
+import torch
 
-from . import artifact, calibrate, metrics, noisy, plots, predictions, tracking
-from .data import PixelView
+from . import artifact, calibrate, crossfit, metrics, noisy, plots, predictions, tracking
+from .data import PixelView, shard_batches
 from .loop import predict_outputs
-from .worker import _iter, report_rates
+from .progress import say
+from .selection import report_rates
+from .transforms import center_crop, normalize
 
 
 def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray]:
@@ -19,7 +22,7 @@ def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | No
     a score head; the predicted score mapped back to the targets' units), (tag probabilities, tag
     targets) of its items annotated with tags (None without tags), and the labeled items' pool codes."""
     shard = ray.train.get_dataset_shard(name)
-    out = predict_outputs(model, _iter(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
+    out = predict_outputs(model, shard_batches(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
                           PixelView(ctx["preproc"]))
     keep = out["label"] >= 0
     scores = {}
@@ -50,13 +53,14 @@ def pool_mixes(probs, y, pool, classes: list[str], priors: dict) -> dict[str, di
     return out
 
 
-def decision_record(cfg, decision, classes: list[str], counts: dict) -> dict:
+def decision_record(cfg, decision, classes: list[str], counts: dict, cv_counts: dict | None = None) -> dict:
     """How the operating point was chosen, recorded in the artifact beside the thresholds: the rule,
-    its roles, the positive's validation curve (to move it at serve time) and the clean validation
-    items it rests on."""
+    its roles, the positive's calibration curve (to move it at serve time), the clean validation
+    items it rests on and the cross-fitted training items beside them (None: none)."""
     rec = {"rule": "worst_mistake" if cfg.positive else "macro_f1",
            "fallback": classes[decision.fallback] if decision.fallback is not None else None,
-           "calibration_items": counts}
+           "calibration_items": counts,
+           "crossfit": {"folds": cfg.calibration_folds, "items": cv_counts} if cv_counts else None}
     if cfg.positive:
         rec.update(positive=cfg.positive, negative=cfg.negative, max_rate=cfg.threshold_rate,
                    curve={k: list(v) for k, v in decision.curve.items()} if decision.curve else None)
@@ -70,6 +74,38 @@ MIN_CALIBRATION_ITEMS = 30
 def calibration_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     """{class: clean validation items}, plus "total"."""
     return {**{c: int((y == i).sum()) for i, c in enumerate(classes)}, "total": int(len(y))}
+
+
+CROSSFIT_STEPS = 300  # optimizer steps per fold head: a head on fixed features converges in far fewer
+
+
+def crossfit_probs(model, ctx: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cross-fitted calibrated probabilities (N, C) and labels (N,) of the clean labeled training
+    items (``train.crossfit``: fold heads on the final model's features, their own temperature), or
+    None when several workers share the labeled pool (rank 0 alone cannot read it) or the items are
+    fewer than two per fold."""
+    cfg, k = ctx["cfg"], ctx["cfg"].calibration_folds
+    if ray.train.get_context().get_world_size() > 1:
+        say("[train] cross-fitted calibration skipped: the labeled pool is split over several workers")
+        return None
+    p, xs, ys = ctx["preproc"], [], []
+    model.eval()
+    with torch.no_grad():
+        for b in shard_batches(ray.train.get_dataset_shard("labeled"), 256, "pixels", ctx, ctx["relabel"], shuffle=False):
+            keep = (b["label"] >= 0) & (b["pool"] == 0)
+            if keep.any():
+                z = model.embed(normalize(center_crop(b["x"][keep], p.crop), p))
+                xs.append((z if model.n_face == 0 else torch.cat([z, b["face"][keep].to(z.dtype)], -1)).numpy())
+                ys.append(b["label"][keep].numpy())
+    if sum(len(y) for y in ys) < 2 * k:
+        return None
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    weight = ctx["spec"].class_weight
+    logits = crossfit.oof_logits(x, y, len(ctx["classes"]), k=k, hidden=cfg.hidden, dropout=cfg.dropout,
+                                 steps=CROSSFIT_STEPS, batch=cfg.labeled_batch, lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay, seed=cfg.seed,
+                                 class_weight=weight.numpy() if weight is not None else None)
+    return calibrate.apply_temperature(logits, calibrate.fit_temperature(logits, y)), y
 
 
 def binary_point(classes: list[str], thresholds: list[float], positive: str) -> dict[int, float] | None:
@@ -95,26 +131,37 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
     clean = val_pool == 0
     counts = calibration_counts(val_y[clean], classes)
     thin = [c for c in classes if counts[c] < MIN_CALIBRATION_ITEMS]
-    if thin:
-        print(f"[train] calibration rests on few clean validation items: {counts} (fewer than "
-              f"{MIN_CALIBRATION_ITEMS} for {thin}); its temperature and thresholds are rough: label more "
-              "items or raise the preprocess val fraction", flush=True)
     temperature = calibrate.fit_temperature(val_logits[clean], val_y[clean]) if clean.any() else 1.0
     val_p = calibrate.apply_temperature(val_logits, temperature)
-    decision = calibrate.choose_decision(val_p[clean], val_y[clean], classes, positive=cfg.positive,
+    cal_p, cal_y = val_p[clean], val_y[clean]
+    # thin validation: the operating point also rests on cross-fitted clean training items
+    cv = crossfit_probs(model, ctx) if thin and cfg.calibration_folds >= 2 else None
+    cv_counts = calibration_counts(cv[1], classes) if cv is not None else None
+    if cv is not None:
+        cal_p, cal_y = np.concatenate([cal_p, cv[0]]), np.r_[cal_y, cv[1]]
+    if thin:
+        also = (f"; the operating point also rests on {cv_counts['total']} cross-fitted clean training items "
+                f"({cfg.calibration_folds} folds: {cv_counts})") if cv is not None else ""
+        say(f"[train] calibration rests on few clean validation items: {counts} (fewer than "
+              f"{MIN_CALIBRATION_ITEMS} for {thin}){also}; the temperature and thresholds are rough: label more "
+              "items or raise the preprocess val fraction")
+    decision = calibrate.choose_decision(cal_p, cal_y, classes, positive=cfg.positive,
                                          negative=cfg.negative, max_rate=cfg.threshold_rate,
                                          fallback=cfg.fallback)
     thresholds = list(decision.thresholds)
-    if cfg.positive and counts[cfg.negative] < calibrate.min_negatives(cfg.threshold_rate):
-        print(f"[train] {counts[cfg.negative]} clean {cfg.negative} validation items cannot measure "
+    rests = calibration_counts(cal_y, classes)  # what the operating point was chosen on
+    if cfg.positive and rests[cfg.negative] < calibrate.min_negatives(cfg.threshold_rate):
+        say(f"[train] {rests[cfg.negative]} clean {cfg.negative} calibration items cannot measure "
               f"{cfg.negative}->{cfg.positive} <= {cfg.threshold_rate:g} (that needs "
               f"{calibrate.min_negatives(cfg.threshold_rate)}): {cfg.positive} keeps plain argmax; serve with "
-              f"max_rate=... to read a threshold off the validation curve anyway", flush=True)
+              f"max_rate=... to read a threshold off the validation curve anyway")
     test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
     tclean = test_pool == 0  # test metrics on clean labels too (the noisy pool enters only the mix estimate)
     out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"],
                              **{f"calibration_n_{metrics.metric_name(k)}": float(v) for k, v in counts.items()},
+                             **{f"calibration_cv_n_{metrics.metric_name(k)}": float(v)
+                                for k, v in (cv_counts or {}).items()},
                              **{f"test_{k}": v for k, v in test_scores.items()},
                              **{f"val_{k}": v for k, v in val_scores.items()}}
     mixes = pool_mixes(np.concatenate([val_p, test_p]), np.r_[val_y, test_y], np.r_[val_pool, test_pool],
@@ -124,9 +171,8 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
                     for c, v in est["estimate"].items()})
         out[f"noisy_{metrics.metric_name(pool)}_distance"] = est["distance"]
         if est["suggestion"]:
-            print(f"[train] noisy pool {pool}: held-out predictions ({est['n']} items) say {est['estimate']}, "
-                  f"the prior says {est['prior']}; consider noisy_pools=\"{{{pool}: {est['suggestion']}}}\"",
-                  flush=True)
+            say(f"[train] noisy pool {pool}: held-out predictions ({est['n']} items) say {est['estimate']}, "
+                f"the prior says {est['prior']}; consider noisy_pools=\"{{{pool}: {est['suggestion']}}}\"")
     if test_tags is not None and len(test_tags[0]):
         out.update({f"test_{k}": v for k, v in metrics.tag_metrics(*test_tags, tag_t, ctx["tags"]).items()})
     cm = None
@@ -162,7 +208,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
         short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
-        decision=decision_record(cfg, decision, classes, counts), score_range=ctx["score_range"] if cfg.score_head else None,
+        decision=decision_record(cfg, decision, classes, counts, cv_counts), score_range=ctx["score_range"] if cfg.score_head else None,
         tags=ctx["tags"], tag_thresholds=tag_t,
         zero_shot={"prompts": ctx["zero_shot"]["prompts"], "scale": ctx["zero_shot"]["scale"]}
         if ctx.get("zero_shot") else None)
@@ -180,6 +226,6 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
                "model": str(art),
                "model_name": cfg.model_name, "version": version, "thresholds": thresholds,
                "decision": decision.describe(classes), "calibration_items": counts,
-               "classes": classes, "metrics": out, "confusion_test": cm.tolist() if cm is not None else None}
+               "crossfit_items": cv_counts, "classes": classes, "metrics": out, "confusion_test": cm.tolist() if cm is not None else None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import torch
 
-from flows.config import ConfigError
+from flows.config import ConfigError, add_knobs_flag
 from flows.runtime import init_ray
 
 from .augment import augment_kwargs
@@ -237,6 +237,7 @@ def table(summary: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift train", description=__doc__.split("\n\n")[0])
+    add_knobs_flag(ap, load_train)
     ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
     ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or .sift/mlflow.db)")

@@ -12,6 +12,12 @@ import re
 
 from .metrics import metric_name, operating_point_key
 
+
+def report_rates(cfg) -> tuple[float, ...]:
+    """The negative->positive rates whose operating points are logged: 1/2/5% and the run's own
+    ``threshold_rate`` (which ``selection=auto`` selects on)."""
+    return tuple(sorted({0.01, 0.02, 0.05, cfg.threshold_rate}))
+
 _CRITERIA_HELP = ("accepted criteria: 'accuracy', 'macro_f1', '<metric>:<CLASS>' with metric in "
                   "precision/recall/f1 (e.g. 'precision:GOOD'), and '<POS>_recall@<NEG>2<POS><=<rate>' "
                   "(e.g. 'bad_recall@good2bad<=0.05')")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.config import build, parse_overrides
+from flows.config import add_knobs_flag, build, parse_overrides
 
 from . import search
 from .config import for_classes, load_train, state_dir
@@ -246,6 +246,7 @@ def execute(p: Plan, tracking_uri: str | None = None, num_cpus: int | None = Non
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift tune", description=__doc__.split("\n\n")[0])
+    add_knobs_flag(ap, load_train)
     ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
     ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
     ap.add_argument("--space", help=f"YAML search space (default: {search.DEFAULT_SPACE.name})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 import math
 import os
 import tempfile
@@ -23,38 +22,13 @@ import torch
 
 from . import calibrate, metrics
 from .colour import ColourStats
-from .data import CacheView, PixelView, cycle, to_tensors
+from .data import CacheView, PixelView, cycle, shard_batches
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
 from .schedule import end_of_epoch, lr_factor, new_epoch_state, phase_lengths, set_lr
-from .selection import selection_score
+from .progress import say
+from .selection import report_rates, selection_score
 from .teacher import make_teacher
-
-_log = logging.getLogger("sift.train")
-
-
-def say(message: str) -> None:
-    """One progress line on the driver's console. Ray Train V2 reroutes ``print`` in workers through
-    logging and, because the worker's stdout is wrapped, also tees it to stdout: every printed line
-    showed twice. Its logging handlers already reach the driver, so log once through them."""
-    _log.info(message)
-
-
-def _iter(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True, seed: int | None = None):
-    """Tensors batches of a dataset shard; ``seed`` fixes the local shuffle (a run replays exactly)."""
-    cols = None if mode == "pixels" else [c for c in ctx["columns"] if c != "image"]
-    kw = {"local_shuffle_buffer_size": batch * 8, "local_shuffle_seed": seed} if shuffle else {}
-    for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
-        if cols:
-            nb = {k: nb[k] for k in cols if k in nb}
-        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel, ctx["tags"])
-
-
-def report_rates(cfg) -> tuple[float, ...]:
-    """The negative->positive rates whose operating points are logged: 1/2/5% and the run's own
-    ``threshold_rate`` (which ``selection=auto`` selects on)."""
-    return tuple(sorted({0.01, 0.02, 0.05, cfg.threshold_rate}))
-
 
 def _optimizer(model: Classifier, cfg, backbone_params):
     """AdamW over the head (``lr``) and the unfrozen blocks (``backbone_lr``); each group keeps its
@@ -66,7 +40,7 @@ def _optimizer(model: Classifier, cfg, backbone_params):
 
 
 def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
-    logits, y, pool = predict_logits(model, _iter(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
+    logits, y, pool = predict_logits(model, shard_batches(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
     labeled = (y >= 0) & (pool == 0)  # selection rests on clean labels only
     logits, y = logits[labeled], y[labeled]
     if len(y) == 0:
@@ -122,8 +96,8 @@ def train_loop_per_worker(ctx: dict) -> None:
         # shuffles seeded by (seed, rank, epoch, pass): the same seed replays the same batches
         passes = itertools.count()
         base = (cfg.seed * 1000 + rank) * 10_000 + epoch * 100
-        lab_it = cycle(lambda: _iter(lab_shard, cfg.labeled_batch, mode, ctx, seed=base + next(passes)))
-        unl_it = cycle(lambda: _iter(unl_shard, cfg.unlabeled_batch, mode, ctx, seed=base + 50 + next(passes))) \
+        lab_it = cycle(lambda: shard_batches(lab_shard, cfg.labeled_batch, mode, ctx, seed=base + next(passes)))
+        unl_it = cycle(lambda: shard_batches(unl_shard, cfg.unlabeled_batch, mode, ctx, seed=base + 50 + next(passes))) \
             if unl_shard else None
         view = cache_view if mode == "cache" else pixel_view
         sums: dict[str, float] = {}

@@ -72,3 +72,30 @@ def test_config_is_frozen_and_flat_for_mlflow():
 
 def test_build_checks_defaults_too():
     assert build(PreprocessConfig, {}).short_edge == 448
+
+
+def test_knobs_table_lists_every_field_with_its_loaded_default_range_and_help():
+    import dataclasses
+
+    from flows.config import knobs_table
+    from train.config import load_train
+
+    cfg = load_train(None, ["epochs=7"])
+    table = knobs_table(cfg)
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert set(lines) == {f.name for f in dataclasses.fields(cfg)}
+    assert lines["epochs"].split()[:4] == ["epochs", "int", "7", "[1,"]  # the loaded value, then the range
+    assert "cosine|constant" in lines["lr_schedule"] and "decay over each phase" in lines["lr_schedule"]
+    assert ">= -1" in lines["frozen_steps"]
+
+
+def test_every_stage_prints_its_knobs_before_checking_required_arguments(capsys):
+    from flows.cli import main
+
+    for stage, knob in (("train", "aug_hue"), ("preprocess", "short_edge"), ("serve", "max_batch_size"),
+                        ("predict", "batch_size"), ("scan", "fps"), ("scrape", "robots"), ("tune", "lr")):
+        with pytest.raises(SystemExit) as exc:
+            main([stage, "--knobs"])  # no --data / --input: --knobs answers first, as --help does
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert f"sift {stage}: every knob" in out and f"\n{knob} " in out, (stage, out[:300])

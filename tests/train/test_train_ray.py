@@ -37,6 +37,16 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     model = SiftModel(s["model"])
     assert model.classes == ["BAD", "GOOD", "NEUTRAL"] and model.detector is not None
     assert model.meta["faces"]["face_classes"] == ["FACE_FEMALE", "FACE_MALE"]
+    # the colour-statistics branch (on by default) travels in the artifact
+    from train.colour import DIM
+
+    assert model.meta["colour_stats"] is True and model.model.embed_dim == model.model.backbone.dim + DIM
+    # a thin clean val split: the operating point also rests on cross-fitted clean training items,
+    # counted in the summary, the artifact and MLflow
+    assert min(s["calibration_items"][c] for c in model.classes) < 30
+    cv = s["crossfit_items"]
+    assert cv["total"] >= 10 and model.meta["decision"]["crossfit"] == {"folds": 5, "items": cv}
+    assert run.data.metrics["calibration_cv_n_total"] == cv["total"]
 
 
 @pytest.mark.slow
