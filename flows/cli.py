@@ -42,16 +42,21 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"sift: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from .config import ConfigError
-    from .ingest import IngestError
     from .runtime import quiet_env
 
     quiet_env()
     module_name, _, func = COMMANDS[name][0].partition(":")
-    entry = getattr(importlib.import_module(module_name), func or "main")
+    return run_entry(getattr(importlib.import_module(module_name), func or "main"), name, rest)
+
+
+def run_entry(entry, name: str, argv=None) -> int:
+    """Run a stage's ``main(argv)``: its return code, or 2 and one line on stderr for a
+    :class:`~flows.errors.SiftError` (the one error convention). ``python -m <module>`` runs it too."""
+    from .errors import SiftError
+
     try:
-        return int(entry(rest) or 0)
-    except (ConfigError, IngestError) as exc:
+        return int(entry(argv) or 0)
+    except SiftError as exc:
         print(f"sift {name}: error: {exc}", file=sys.stderr)
         return 2
 

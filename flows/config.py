@@ -14,11 +14,15 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 
+from .errors import SiftError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(SiftError, ValueError):
     """A config file or override is wrong; the message says which key and why."""
+
+    reason = "bad_config"
 
 
 def knob(default: Any, *, lo: float | None = None, hi: float | None = None,

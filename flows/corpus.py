@@ -314,4 +314,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "make-corpus"))

@@ -33,6 +33,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from .errors import ReasonError
 from .parse import host_key
 from .validate import sniff
 
@@ -44,12 +45,8 @@ REASONS = ("bad_scheme", "bad_url", "dns_error", "refused_address", "robots_disa
 Resolver = Callable[[str, int], list[str]]
 
 
-class FetchError(Exception):
+class FetchError(ReasonError):
     """A URL that could not be fetched; ``reason`` is one of :data:`REASONS` or ``http_<code>``."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)

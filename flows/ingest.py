@@ -11,12 +11,15 @@ import json
 import math
 from pathlib import Path
 
+from .errors import SiftError
 from .schema import CLEAN, NO_LABEL, NOISY, UNLABELED, UNLABELED_POOL
 from .spans import group_spans, has_span, span_item
 
 
-class IngestError(ValueError):
+class IngestError(SiftError, ValueError):
     """The input as a whole is unusable (missing, wrong folder names); the message says why."""
+
+    reason = "bad_input"
 
 
 def label_of(name: str | None, classes: tuple[str, ...], noisy: set[str]) -> tuple[int, str, str]:

@@ -24,6 +24,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import SiftError
+
 SKIP = "skip"
 SOURCES = ("review", "feed")
 
@@ -62,8 +64,10 @@ CREATE INDEX IF NOT EXISTS reports_item ON reports (item_id);
 """
 
 
-class LabelError(ValueError):
+class LabelError(SiftError, ValueError):
     """A correction or report the store refuses (unknown label, empty id, ...); the message says why."""
+
+    reason = "bad_label"
 
 
 def default_path() -> Path:

@@ -11,14 +11,11 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from .errors import ReasonError
 
-class Reject(Exception):
+
+class Reject(ReasonError):
     """An input that cannot be used. ``reason`` is a code from ``flows.schema.REJECT_REASONS``."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ReasonError
+
 # Demuxers for the containers in schema.VIDEO_EXTS (ffmpeg matches any comma-separated name).
 DEMUXERS = "mov,mp4,matroska,webm"
 _SAFE_INPUT = ["-protocol_whitelist", "file,pipe", "-format_whitelist", DEMUXERS]
@@ -33,13 +35,8 @@ _FRAME = re.compile(r"frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
 MIN_GAP = 0.5  # seconds: no two returned frames closer than this
 
 
-class VideoError(Exception):
+class VideoError(ReasonError):
     """A video that cannot be used. ``reason`` is a code from ``flows.schema.REJECT_REASONS``."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

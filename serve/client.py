@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from flows.config import ConfigError
+from flows.errors import SiftError
 from flows.schema import IMAGE_EXTS, VIDEO_EXTS
 
 
@@ -28,7 +29,7 @@ def media_files(paths: list[str]) -> list[Path]:
         elif p.exists():
             out.append(p)
         else:
-            raise SystemExit(f"no such file or folder: {p}")
+            raise SiftError(f"no such file or folder: {p}", reason="not_found")
     return out
 
 
@@ -211,9 +212,9 @@ def score_folder_main(argv=None) -> int:
             print(f"skip {f}: {r['error']['code']}", file=sys.stderr)
             continue
         if args.score and "score" not in r:
-            raise SystemExit("--score: the model has no score head (train it with score_head=true)")
+            raise ConfigError("--score: the model has no score head (train it with score_head=true)")
         if args.label and args.label not in r["probs"]:
-            raise SystemExit(f"--label {args.label!r} is not one of the model's classes {list(r['probs'])}")
+            raise ConfigError(f"--label {args.label!r} is not one of the model's classes {list(r['probs'])}")
         scored.append((r["score"] if args.score else r["probs"][args.label], f))
     scored.sort(key=lambda t: -t[0])
     picked = [(s, f) for s, f in scored if args.lo <= s <= args.hi]

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from flows.config import ConfigError
+from flows.errors import HttpError
 from flows.images import open_image, resize_short
 from flows.validate import Reject, check
 from train.artifact import META, SiftModel
@@ -24,15 +25,8 @@ STATUS = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "video_too_lon
           "video_error": 422}
 
 
-class ApiError(Exception):
+class ApiError(HttpError):
     """A request the API refuses: ``status`` (4xx/503), a machine ``code`` and a human ``message``."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
 
     @classmethod
     def raise_for(cls, res: dict) -> dict:

@@ -21,11 +21,15 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from flows.errors import SiftError
+
 STRATEGIES = ("uncertain", "disagree", "loss", "reported")
 
 
-class QueueError(ValueError):
+class QueueError(SiftError, ValueError):
     """A queue that cannot be computed from these predictions (the message says why)."""
+
+    reason = "bad_queue"
 
 
 def margin(p: np.ndarray) -> np.ndarray:

@@ -21,18 +21,13 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from flows.errors import HttpError
 from flows.labels import SKIP, LabelError, LabelStore, default_user
 
 from .queues import STRATEGIES, QueueError, match_reports, rank
 from .review_data import ReviewConfig, ReviewData, finite, load_review
 
 COOKIE = "sift_review"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def build_app(data: ReviewData, store: LabelStore, cfg: ReviewConfig, token: str) -> FastAPI:
@@ -274,4 +269,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "review"))

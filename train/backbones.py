@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from flows.errors import SiftError
+
 from .transforms import CLIP_MEAN, CLIP_STD, Preproc
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -40,8 +42,10 @@ BUILTIN = {"tiny": ("clip", CONFIG_DIR / "tiny_clip.json"), "tiny-clip": ("clip-
            "tiny-dinov2": ("dinov2", CONFIG_DIR / "tiny_dinov2.json")}
 
 
-class BackboneError(ValueError):
+class BackboneError(SiftError, ValueError):
     """A backbone spec that cannot be resolved or loaded; the message says which and why."""
+
+    reason = "bad_backbone"
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:

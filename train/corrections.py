@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.config import ConfigError
+
 CLEAN = "clean"
 
 
@@ -130,7 +132,7 @@ def load(cfg, classes: list[str]) -> Corrections | None:
     path = Path(cfg.labels_db).expanduser().resolve() if cfg.labels_db else default_path()
     if not path.exists():
         if cfg.labels_db:
-            raise SystemExit(f"sift train: labels_db={cfg.labels_db} does not exist")
+            raise ConfigError(f"labels_db={cfg.labels_db} does not exist")
         return None
     return Corrections.from_rows(LabelStore(path, classes).latest_rows(), classes, source=str(path))
 

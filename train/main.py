@@ -17,6 +17,7 @@ import pyarrow.dataset as pads
 import torch
 
 from flows.config import ConfigError, add_knobs_flag
+from flows.errors import SiftError
 from flows.runtime import init_ray
 
 from .augment import augment_kwargs
@@ -166,7 +167,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
               "n_unlabeled": int(((meta.split == "train") & (meta.label < 0)).sum()),
               "n_val": int(((meta.split == "val") & (meta.label >= 0)).sum())}
     if counts["n_labeled"] == 0 or counts["n_val"] == 0:
-        raise SystemExit(f"sift train: need labeled train and val items, have {counts}")
+        raise SiftError(f"need labeled train and val items, have {counts}", reason="no_labeled_items")
     # from here on progress is our per-epoch line; Ray Data's bars for every small read are noise
     ray.data.DataContext.get_current().enable_progress_bars = False
     # blocks in a fixed order: with the seeded shuffles, the same seed gives the same batches
@@ -261,4 +262,6 @@ def tracking_uri_hint() -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "train"))

@@ -56,4 +56,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "mlflow-server"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from flows.errors import SiftError
+
 from .config import load_train
 from .tracking import promote, use
 
@@ -17,7 +19,8 @@ def latest_run(model_name: str, uri: str | None) -> str:
     """Run id of the newest registered version of ``model_name``."""
     versions = use(uri).MlflowClient().search_model_versions(f"name='{model_name}'")
     if not versions:
-        raise SystemExit(f"no registered versions of {model_name!r} yet: run `sift train` first")
+        raise SiftError(f"no registered versions of {model_name!r} yet: run `sift train` first",
+                        reason="no_registered_model")
     return max(versions, key=lambda v: int(v.version)).run_id
 
 
@@ -38,4 +41,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "promote"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.errors import SiftError
+
 from .config import load_train, state_dir
 from .metrics import metric_name
 from .tracking import SELECTION, use
@@ -53,7 +55,7 @@ def tune_parent(mlflow, exp_id: str, parent: str) -> str:
     runs = mlflow.search_runs([exp_id], filter_string="tags.`sift.stage` = 'tune'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if runs.empty:
-        raise SystemExit("no `sift tune` search in this experiment yet")
+        raise SiftError("no `sift tune` search in this experiment yet", reason="no_search")
     return str(runs.iloc[0]["run_id"])
 
 
@@ -105,4 +107,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "runs"))

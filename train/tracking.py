@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.errors import SiftError
+
 from .config import state_dir
 
 SELECTION = "val_selection"  # the metric promotion compares (higher is better)
@@ -85,7 +87,8 @@ def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[
 def version_of_run(client, model_name: str, run_id: str):
     versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     if not versions:
-        raise SystemExit(f"run {run_id} has no registered version of model {model_name!r}")
+        raise SiftError(f"run {run_id} has no registered version of model {model_name!r}",
+                        reason="no_registered_model")
     return max(versions, key=lambda v: int(v.version))
 
 

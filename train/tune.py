@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.config import add_knobs_flag, build, parse_overrides
+from flows.errors import SiftError
 
 from . import search
 from .config import for_classes, load_train, state_dir
@@ -204,7 +205,8 @@ def conclude(client, p: Plan, parent: str, name: str, results) -> tuple[list[dic
                      {tid: int(max(row["epoch"] for row in rows)) for tid, rows in seen.items()})
     best = search.best_trial(trials)
     if best is None:
-        raise SystemExit(f"sift tune: no trial finished ({len(trials)} started; see {results.experiment_path})")
+        raise SiftError(f"no trial finished ({len(trials)} started; see {results.experiment_path})",
+                        reason="no_trial_finished")
     client.set_registered_model_alias(p.cfg.model_name, "candidate", best["version"])
     lines = {tid: [(row["step"], row["val_selection"]) for row in rows] for tid, rows in seen.items()}
     report(client, parent, trials, best, p, lines, state_dir() / "runs" / name)
@@ -269,4 +271,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.cli import run_entry
+
+    raise SystemExit(run_entry(main, "tune"))

@@ -35,5 +35,8 @@ def test_first_promotion_then_only_better_runs_move_champion(store):
 
 
 def test_unknown_run_is_a_clear_error(store):
-    with pytest.raises(SystemExit, match="no registered version"):
+    from flows.errors import SiftError
+
+    with pytest.raises(SiftError, match="no registered version") as exc:
         promote("0" * 32, "m")
+    assert exc.value.reason == "no_registered_model"
