@@ -82,25 +82,17 @@ class Local:
         return self.predictor.classify([arr], tiles=tiles)[0]
 
     def _video(self, path: Path) -> dict:
+        """The server's video path (``predictor.video_frames``: the same limits, the same statuses)."""
         import numpy as np
 
-        from flows import video as v
+        from .predictor import video_frames
 
-        from .predictor import sampled_frames
-
-        se = self.predictor.model.short_edge
-        try:
-            frames = v.extract_keyframes(str(path), short_edge=se, k=self.cfg.video_keyframes)
-            frames += list(sampled_frames(str(path), self.cfg.video_fps, se, self.cfg))
-            duration = v.probe(str(path)).duration
-        except v.VideoError as exc:
-            return {"status": 422, "error": {"code": exc.reason, "message": exc.detail}}
-        res = self.predictor.classify([f.image for f in frames])
+        v = video_frames(str(path), self.predictor.model.short_edge, self.cfg.video_fps, self.cfg)
+        res = self.predictor.classify(v["frames"])
         probs = np.array([[r["probs"][c] for c in self.predictor.classes] for r in res])
         scores = [r["score"] for r in res] if res and "score" in res[0] else None
-        return self.predictor.video_summary([f.timestamp for f in frames], [f.kind for f in frames], probs,
-                                            duration, how=self.cfg.video_aggregate, window=self.cfg.video_smooth,
-                                            scores=scores)
+        return self.predictor.video_summary(v["times"], v["kinds"], probs, v["duration"],
+                                            how=self.cfg.video_aggregate, window=self.cfg.video_smooth, scores=scores)
 
 
 class Prompts:

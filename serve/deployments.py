@@ -22,7 +22,7 @@ import numpy as np
 from ray import serve
 
 from .config import ServeConfig
-from .predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sampled_frames, sniff_kind
+from .predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sniff_kind, video_frames
 
 
 def _error(exc: ApiError) -> dict:
@@ -65,8 +65,6 @@ class Preprocess:
         ffmpeg needs a seekable local file for mp4/mov, so the upload is written to a private temp
         file that is removed before returning.
         """
-        from flows import video as v
-
         try:
             if sniff_kind(data, self.limits) != "video":
                 raise ApiError(415, "unsupported_format", "expected a video (mp4, webm, mov, mkv)")
@@ -74,19 +72,9 @@ class Preprocess:
                 path = os.path.join(d, "upload")
                 with open(path, "wb") as f:
                     f.write(data)
-                info = v.probe(path, timeout=30)
-                v.check_limits(info, self.cfg.video_max_seconds, self.cfg.max_pixels)
-                frames = v.extract_keyframes(path, short_edge=short_edge, k=self.cfg.video_keyframes,
-                                             timeout=self.cfg.request_timeout_s, max_seconds=self.cfg.video_max_seconds,
-                                             max_pixels=self.cfg.max_pixels)
-                frames += list(sampled_frames(path, fps, short_edge, self.cfg))
-        except v.VideoError as exc:
-            status = 413 if exc.reason in ("video_too_long", "video_too_big") else 422
-            return {"status": status, "error": {"code": exc.reason, "message": exc.detail}}
+                return video_frames(path, short_edge, fps, self.cfg)
         except ApiError as exc:
             return _error(exc)
-        return {"times": [f.timestamp for f in frames], "kinds": [f.kind for f in frames],
-                "frames": [f.image for f in frames], "duration": info.duration}
 
 
 @serve.deployment(name="Model")

@@ -121,6 +121,26 @@ def sampled_frames(path: str, fps: float, short_edge: int, cfg):
                          max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)
 
 
+def video_frames(path: str, short_edge: int, fps: float, cfg) -> dict:
+    """A local video file -> {times, kinds, frames, duration}: thumbnail + scene keyframes + frames
+    sampled at ``fps``, within ``cfg``'s serving limits (length, pixels, time). The one video path of
+    the server and of ``sift classify``'s local mode: a VideoError becomes an ApiError with the status
+    the API answers (413 for too long / too big, 422 otherwise)."""
+    from flows import video as v
+
+    try:
+        info = v.probe(path, timeout=30)
+        v.check_limits(info, cfg.video_max_seconds, cfg.max_pixels)
+        frames = v.extract_keyframes(path, short_edge=short_edge, k=cfg.video_keyframes,
+                                     timeout=cfg.request_timeout_s, max_seconds=cfg.video_max_seconds,
+                                     max_pixels=cfg.max_pixels)
+        frames += list(sampled_frames(path, fps, short_edge, cfg))
+    except v.VideoError as exc:
+        raise ApiError(STATUS.get(exc.reason, 422), exc.reason, exc.detail) from None
+    return {"times": [f.timestamp for f in frames], "kinds": [f.kind for f in frames],
+            "frames": [f.image for f in frames], "duration": info.duration}
+
+
 class Predictor:
     """A loaded model plus the response format; ``classify`` takes prepared RGB arrays."""
 

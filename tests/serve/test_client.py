@@ -57,6 +57,10 @@ def test_classify_a_video_locally_gives_its_timeline(trained, tmp_path, capsys):
     times = [f["t"] for f in line["frames"]]
     assert times == sorted(times) and len(times) >= 4  # keyframes + 1 fps samples
     assert line["segments"][-1]["end"] == pytest.approx(4.0, abs=0.2)
+    # the server's limits and statuses locally too: a clip over video_max_seconds is a 413
+    assert classify_main([str(path), "--json", "--model", trained["model"], "--set", "video_max_seconds=2"]) == 1
+    (line,) = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert line["status"] == 413 and line["error"]["code"] == "video_too_long", line
 
 
 def test_score_folder_sorts_and_copies_the_range(folder, trained, tmp_path, capsys):
