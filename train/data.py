@@ -8,6 +8,7 @@ they get independent random crops, flips and colour jitter.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ import torch
 from .augment import augment, feature_noise
 from .loop import POOL_CODES
 from .transforms import Preproc, center_crop, decode, normalize, to_uint8_batch
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 
 def tag_targets(values, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,16 +96,16 @@ class PixelView:
         return model(pixels=normalize(x, self.p), face=b["face"])
 
 
-def shard_batches(shard, batch: int, mode: str, ctx: dict, relabel=None, shuffle: bool = True,
+def shard_batches(shard, batch: int, mode: str, ctx: RunContext, relabel=None, shuffle: bool = True,
                   seed: int | None = None):
     """Tensor batches (:func:`to_tensors`) of a Ray Data shard; ``mode`` "cache" leaves the pixels
     unread, "pixels" reads them; ``seed`` fixes the local shuffle (a run replays exactly)."""
-    cols = None if mode == "pixels" else [c for c in ctx["columns"] if c != "image"]
+    cols = None if mode == "pixels" else [c for c in ctx.columns if c != "image"]
     kw = {"local_shuffle_buffer_size": batch * 8, "local_shuffle_seed": seed} if shuffle else {}
     for nb in shard.iter_batches(batch_size=batch, batch_format="numpy", **kw):
         if cols:
             nb = {k: nb[k] for k in cols if k in nb}
-        yield to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], relabel, ctx["tags"])
+        yield to_tensors(nb, mode, ctx.preproc, ctx.n_face, relabel, ctx.tags)
 
 
 def cycle(make_iter):

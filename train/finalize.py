@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray.train
@@ -16,21 +17,24 @@ from .progress import say
 from .selection import report_rates
 from .transforms import center_crop, normalize
 
+if TYPE_CHECKING:
+    from .context import RunContext
+
 
 def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray]:
     """(logits, labels) of the labeled items of split ``name``, its score metrics (empty without
     a score head; the predicted score mapped back to the targets' units), (tag probabilities, tag
     targets) of its items annotated with tags (None without tags), and the labeled items' pool codes."""
     shard = ray.train.get_dataset_shard(name)
-    out = predict_outputs(model, shard_batches(shard, 256, "pixels", ctx, ctx["relabel"], shuffle=False),
-                          PixelView(ctx["preproc"]))
+    out = predict_outputs(model, shard_batches(shard, 256, "pixels", ctx, ctx.relabel, shuffle=False),
+                          PixelView(ctx.preproc))
     keep = out["label"] >= 0
     scores = {}
-    if ctx["cfg"].score_head:
-        lo, hi = ctx["score_range"]
+    if ctx.cfg.score_head:
+        lo, hi = ctx.score_range
         scores = metrics.score_metrics(lo + out["score"] * (hi - lo), out["score_target"])
     tagged = out["tagged"].astype(bool) if len(out["tagged"]) else np.zeros(0, bool)
-    tags = (1.0 / (1.0 + np.exp(-out["tag_logits"][tagged])), out["tags"][tagged]) if ctx["tags"] else None
+    tags = (1.0 / (1.0 + np.exp(-out["tag_logits"][tagged])), out["tags"][tagged]) if ctx.tags else None
     return out["logits"][keep], out["label"][keep].astype(np.int64), scores, tags, out["pool"][keep]
 
 
@@ -79,19 +83,19 @@ def calibration_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 CROSSFIT_STEPS = 300  # optimizer steps per fold head: a head on fixed features converges in far fewer
 
 
-def crossfit_probs(model, ctx: dict) -> tuple[np.ndarray, np.ndarray] | None:
+def crossfit_probs(model, ctx: RunContext) -> tuple[np.ndarray, np.ndarray] | None:
     """Cross-fitted calibrated probabilities (N, C) and labels (N,) of the clean labeled training
     items (``train.crossfit``: fold heads on the final model's features, their own temperature), or
     None when several workers share the labeled pool (rank 0 alone cannot read it) or the items are
     fewer than two per fold."""
-    cfg, k = ctx["cfg"], ctx["cfg"].calibration_folds
+    cfg, k = ctx.cfg, ctx.cfg.calibration_folds
     if ray.train.get_context().get_world_size() > 1:
         say("[train] cross-fitted calibration skipped: the labeled pool is split over several workers")
         return None
-    p, xs, ys = ctx["preproc"], [], []
+    p, xs, ys = ctx.preproc, [], []
     model.eval()
     with torch.no_grad():
-        for b in shard_batches(ray.train.get_dataset_shard("labeled"), 256, "pixels", ctx, ctx["relabel"], shuffle=False):
+        for b in shard_batches(ray.train.get_dataset_shard("labeled"), 256, "pixels", ctx, ctx.relabel, shuffle=False):
             keep = (b["label"] >= 0) & (b["pool"] == 0)
             if keep.any():
                 z = model.embed(normalize(center_crop(b["x"][keep], p.crop), p))
@@ -100,8 +104,8 @@ def crossfit_probs(model, ctx: dict) -> tuple[np.ndarray, np.ndarray] | None:
     if sum(len(y) for y in ys) < 2 * k:
         return None
     x, y = np.concatenate(xs), np.concatenate(ys)
-    weight = ctx["spec"].class_weight
-    logits = crossfit.oof_logits(x, y, len(ctx["classes"]), k=k, hidden=cfg.hidden, dropout=cfg.dropout,
+    weight = ctx.spec.class_weight
+    logits = crossfit.oof_logits(x, y, len(ctx.classes), k=k, hidden=cfg.hidden, dropout=cfg.dropout,
                                  steps=CROSSFIT_STEPS, batch=cfg.labeled_batch, lr=cfg.lr,
                                  weight_decay=cfg.weight_decay, seed=cfg.seed,
                                  class_weight=weight.numpy() if weight is not None else None)
@@ -116,8 +120,8 @@ def binary_point(classes: list[str], thresholds: list[float], positive: str) -> 
     return {i: float(thresholds[i])}
 
 
-def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
-    cfg, classes = ctx["cfg"], ctx["classes"]
+def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> dict:
+    cfg, classes = ctx.cfg, ctx.classes
     # the last student/teacher pair scores every item for the review queues (before the best
     # weights replace the student's)
     preds = predictions.compute(ray.train.get_dataset_shard("predict"), model, teacher, state["phase"], ctx) \
@@ -165,7 +169,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
                              **{f"test_{k}": v for k, v in test_scores.items()},
                              **{f"val_{k}": v for k, v in val_scores.items()}}
     mixes = pool_mixes(np.concatenate([val_p, test_p]), np.r_[val_y, test_y], np.r_[val_pool, test_pool],
-                       classes, ctx["spec"].priors)
+                       classes, ctx.spec.priors)
     for pool, est in mixes.items():
         out.update({f"noisy_{metrics.metric_name(pool)}_est_{metrics.metric_name(c)}": v
                     for c, v in est["estimate"].items()})
@@ -174,7 +178,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
             say(f"[train] noisy pool {pool}: held-out predictions ({est['n']} items) say {est['estimate']}, "
                 f"the prior says {est['prior']}; consider noisy_pools=\"{{{pool}: {est['suggestion']}}}\"")
     if test_tags is not None and len(test_tags[0]):
-        out.update({f"test_{k}": v for k, v in metrics.tag_metrics(*test_tags, tag_t, ctx["tags"]).items()})
+        out.update({f"test_{k}": v for k, v in metrics.tag_metrics(*test_tags, tag_t, ctx.tags).items()})
     cm = None
     if tclean.any():
         m = metrics.evaluate(test_p[tclean], test_y[tclean], classes, positive=cfg.positive, negative=cfg.negative,
@@ -185,7 +189,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
                           rates=report_rates(cfg), thresholds=decision) if clean.any() else {}
     mv.pop("confusion", None)
     out.update({f"val_cal_{k}": float(v) for k, v in mv.items()})
-    out_dir = Path(ctx["out_dir"])
+    out_dir = Path(ctx.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -194,7 +198,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
             plots.pr_curves_plot(test_p[tclean], test_y[tclean], classes, d / "pr_curves_test.png",
                                  points=binary_point(classes, thresholds, cfg.positive))
             plots.reliability_plot(test_p[tclean], test_y[tclean], d / "reliability_test.png")
-        plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx["run_name"])
+        plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx.run_name)
         for png in d.glob("*.png"):
             (out_dir / png.name).write_bytes(png.read_bytes())
         if mlflow:
@@ -203,15 +207,15 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
         path = predictions.write(preds, out_dir / "predictions.parquet", run_id=run.info.run_id if run else "")
         if mlflow:
             mlflow.log_artifact(str(path))
-    faces = ctx.get("faces")
+    faces = ctx.faces
     art = artifact.save(
-        out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx["preproc"],
-        short_edge=ctx["short_edge"], classes=classes, thresholds=thresholds, temperature=temperature,
+        out_dir / "model", model, backbone_id=cfg.backbone, preproc=ctx.preproc,
+        short_edge=ctx.short_edge, classes=classes, thresholds=thresholds, temperature=temperature,
         faces=faces, run_id=run.info.run_id if run else "", metrics=out, hidden=cfg.hidden, dropout=cfg.dropout,
-        decision=decision_record(cfg, decision, classes, counts, cv_counts), score_range=ctx["score_range"] if cfg.score_head else None,
-        tags=ctx["tags"], tag_thresholds=tag_t,
-        zero_shot={"prompts": ctx["zero_shot"]["prompts"], "scale": ctx["zero_shot"]["scale"]}
-        if ctx.get("zero_shot") else None)
+        decision=decision_record(cfg, decision, classes, counts, cv_counts), score_range=ctx.score_range if cfg.score_head else None,
+        tags=ctx.tags, tag_thresholds=tag_t,
+        zero_shot={"prompts": ctx.zero_shot["prompts"], "scale": ctx.zero_shot["scale"]}
+        if ctx.zero_shot else None)
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])
@@ -222,7 +226,7 @@ def finalize(ctx: dict, model, state: dict, mlflow, run, teacher=None) -> dict:
             mlflow.log_dict(mixes, "noisy_pools.json")
         version = tracking.log_and_register(mlflow, art, cfg.model_name, classes, _example_jpeg(ctx))
         mlflow.end_run()
-    summary = {"noisy_pools": mixes, "run_id": run.info.run_id if run else "", "run_name": ctx["run_name"],
+    summary = {"noisy_pools": mixes, "run_id": run.info.run_id if run else "", "run_name": ctx.run_name,
                "model": str(art),
                "model_name": cfg.model_name, "version": version, "thresholds": thresholds,
                "decision": decision.describe(classes), "calibration_items": counts,

@@ -22,6 +22,7 @@ from flows.runtime import init_ray
 
 from .augment import augment_kwargs
 from .config import for_classes, load_train, state_dir
+from .context import RunContext
 from .loop import LossSpec
 from .losses import default_cost_matrix
 from .model import load_backbone, resolve_backbone
@@ -188,22 +189,20 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         datasets["predict"] = ds
     run_name = cfg.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     relabel = read_truth(cfg.eval_truth, classes, Path(manifest["input"])) if cfg.eval_truth else None
-    ctx = {"cfg": cfg, "classes": classes, "backbone_dir": backbone_dir, "preproc": preproc, "n_face": n_face,
-           "faces": faces, "spec": loss_spec(cfg, classes, priors, score_range, class_counts(meta, len(classes))),
-           "relabel": relabel, "augment": aug,
-           "score_range": score_range, "corrections": used, "zero_shot": prompts,
-           "tags": list(manifest.get("tags", [])) if cfg.tag_head else [],
-           "tracking_uri": tracking.tracking_uri(tracking_uri), "run_name": run_name,
-           "out_dir": str(home / "runs" / run_name), "data_dir": str(data),
-           "short_edge": int(manifest["config"]["short_edge"]), "columns": list(ds.schema().names),
-           "mlflow_tags": dict(tags or {}), **counts}
+    ctx = RunContext(
+        cfg=cfg, classes=classes, backbone_dir=backbone_dir, preproc=preproc, n_face=n_face, faces=faces,
+        spec=loss_spec(cfg, classes, priors, score_range, class_counts(meta, len(classes))), augment=aug,
+        score_range=score_range, tags=list(manifest.get("tags", [])) if cfg.tag_head else [],
+        tracking_uri=tracking.tracking_uri(tracking_uri), run_name=run_name, out_dir=str(home / "runs" / run_name),
+        data_dir=str(data), short_edge=int(manifest["config"]["short_edge"]), columns=list(ds.schema().names),
+        relabel=relabel, corrections=used, zero_shot=prompts, mlflow_tags=dict(tags or {}), **counts)
     if used is not None:
-        corrections.write(used, Path(ctx["out_dir"]))
+        corrections.write(used, Path(ctx.out_dir))
     gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     print(f"[train] {run_name}: {counts} backbone={cfg.backbone} faces={bool(faces)} "
           f"workers={cfg.num_workers} gpu={gpu} mean_teacher={cfg.mean_teacher}", flush=True)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=ctx,
+        train_loop_per_worker, train_loop_config={"ctx": ctx},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["labeled", "unlabeled"]),
@@ -212,7 +211,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
     trainer.fit()
-    return json.loads((Path(ctx["out_dir"]) / "summary.json").read_text())
+    return json.loads((Path(ctx.out_dir) / "summary.json").read_text())
 
 
 def _worker_env() -> dict | None:

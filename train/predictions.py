@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 META = ("id", "path", "group_id", "split", "kind", "label", "pool")
 
@@ -32,14 +36,14 @@ def per_item_loss(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute(shard, student, teacher, phase: str, ctx: dict, batch_size: int = 256):
+def compute(shard, student, teacher, phase: str, ctx: RunContext, batch_size: int = 256):
     """A pyarrow table of predictions over ``shard`` (the unsplit "predict" dataset)."""
     import pyarrow as pa
 
     from .data import CacheView, PixelView, to_tensors
 
     mode = "cache" if phase == "frozen" else "pixels"
-    view = CacheView(0.0) if mode == "cache" else PixelView(ctx["preproc"])
+    view = CacheView(0.0) if mode == "cache" else PixelView(ctx.preproc)
     nets = [student] + ([teacher] if teacher is not None else [])
     for net in nets:
         net.eval()
@@ -48,13 +52,13 @@ def compute(shard, student, teacher, phase: str, ctx: dict, batch_size: int = 25
     skip = {"image"} if mode == "cache" else set()
     for nb in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         nb = {k: v for k, v in nb.items() if k not in skip}
-        b = to_tensors(nb, mode, ctx["preproc"], ctx["n_face"], tags=ctx["tags"])
+        b = to_tensors(nb, mode, ctx.preproc, ctx.n_face, tags=ctx.tags)
         for k, net in enumerate(nets):
             logits = view(net, b, "eval", None)[0]
             probs[k].append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         for k in META:
             cols[k].extend(nb[k].tolist())
-    c = len(ctx["classes"])
+    c = len(ctx.classes)
     s = np.concatenate(probs[0]) if probs[0] else np.zeros((0, c), np.float32)
     t = np.concatenate(probs[1]) if len(nets) > 1 and probs[1] else s
     label = np.asarray(cols["label"], dtype=np.int32)
@@ -62,8 +66,8 @@ def compute(shard, student, teacher, phase: str, ctx: dict, batch_size: int = 25
     table.update(label=label, student=list(s.astype(np.float32)), teacher=list(t.astype(np.float32)),
                  loss=per_item_loss(s, label))
     out = pa.table(table)
-    meta = {"classes": ctx["classes"], "source": mode, "teacher": teacher is not None, "data": ctx["data_dir"],
-            "run_name": ctx["run_name"]}
+    meta = {"classes": ctx.classes, "source": mode, "teacher": teacher is not None, "data": ctx.data_dir,
+            "run_name": ctx.run_name}
     return out.replace_schema_metadata({"sift": json.dumps(meta)})
 
 

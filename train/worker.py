@@ -22,6 +22,7 @@ import torch
 
 from . import calibrate, metrics
 from .colour import ColourStats
+from .context import RunContext
 from .data import CacheView, PixelView, cycle, shard_batches
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
@@ -40,30 +41,32 @@ def _optimizer(model: Classifier, cfg, backbone_params):
 
 
 def _evaluate(model, shard, mode, view, ctx, cfg, prefix):
-    logits, y, pool = predict_logits(model, shard_batches(shard, 256, mode, ctx, ctx["relabel"], shuffle=False), view)
+    logits, y, pool = predict_logits(model, shard_batches(shard, 256, mode, ctx, ctx.relabel, shuffle=False), view)
     labeled = (y >= 0) & (pool == 0)  # selection rests on clean labels only
     logits, y = logits[labeled], y[labeled]
     if len(y) == 0:
         return {}, logits, y
     probs = calibrate.apply_temperature(logits, 1.0)
-    m = metrics.evaluate(probs, y, ctx["classes"], positive=cfg.positive, negative=cfg.negative,
+    m = metrics.evaluate(probs, y, ctx.classes, positive=cfg.positive, negative=cfg.negative,
                          rates=report_rates(cfg))
     m.pop("confusion", None)
     m["selection"] = selection_score(m, cfg.selection)
     return {f"{prefix}_{k}": float(v) for k, v in m.items()}, logits, y
 
 
-def train_loop_per_worker(ctx: dict) -> None:
-    cfg = ctx["cfg"]
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry: ``config["ctx"]`` is the run's :class:`~train.context.RunContext`."""
+    ctx: RunContext = config["ctx"]
+    cfg = ctx.cfg
     tc = ray.train.get_context()
     rank, world = tc.get_world_rank(), tc.get_world_size()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    backbone, _ = load_backbone(ctx["backbone_dir"])
-    zs = ctx.get("zero_shot")
-    p = ctx["preproc"]
-    model = Classifier(backbone, len(ctx["classes"]), ctx["n_face"], cfg.hidden, cfg.dropout, cfg.score_head,
-                       len(ctx["tags"]), zs["embeddings"] if zs else None, zs["scale"] if zs else 1.0,
+    backbone, _ = load_backbone(ctx.backbone_dir)
+    zs = ctx.zero_shot
+    p = ctx.preproc
+    model = Classifier(backbone, len(ctx.classes), ctx.n_face, cfg.hidden, cfg.dropout, cfg.score_head,
+                       len(ctx.tags), zs["embeddings"] if zs else None, zs["scale"] if zs else 1.0,
                        stats=ColourStats(p.mean, p.std) if cfg.colour_stats else None)
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
@@ -85,11 +88,11 @@ def train_loop_per_worker(ctx: dict) -> None:
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if world > 1 else model
     lab_shard = ray.train.get_dataset_shard("labeled")
-    unl_shard = ray.train.get_dataset_shard("unlabeled") if ctx["n_unlabeled"] and cfg.unlabeled_batch else None
-    steps = cfg.steps_per_epoch or max(1, math.ceil(ctx["n_labeled"] / (cfg.labeled_batch * world)))
+    unl_shard = ray.train.get_dataset_shard("unlabeled") if ctx.n_unlabeled and cfg.unlabeled_batch else None
+    steps = cfg.steps_per_epoch or max(1, math.ceil(ctx.n_labeled / (cfg.labeled_batch * world)))
     lengths = dict(zip(("frozen", "unfrozen"), phase_lengths(cfg.epochs, steps, cfg.frozen_steps)))
     mlflow, run = _start_run(ctx) if rank == 0 else (None, None)
-    cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx["preproc"], ctx.get("augment"))
+    cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx.preproc, ctx.augment)
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         mode = "cache" if state["phase"] == "frozen" else "pixels"
@@ -105,7 +108,7 @@ def train_loop_per_worker(ctx: dict) -> None:
             factor = lr_factor(state["phase_step"], lengths[state["phase"]], cfg.warmup_steps, cfg.lr_schedule)
             rates = set_lr(opt, [grp["base_lr"] for grp in opt.param_groups], factor * state["lr_scale"])
             batch = mix(next(lab_it), next(unl_it, None) if unl_it else None)
-            stats = {**train_step(ddp, teacher, opt, batch, view, ctx["spec"], state["step"], g), "lr": rates[0]}
+            stats = {**train_step(ddp, teacher, opt, batch, view, ctx.spec, state["step"], g), "lr": rates[0]}
             if len(rates) > 1:
                 stats["lr_backbone"] = rates[1]
             state["step"] += 1
@@ -159,11 +162,11 @@ def train_loop_per_worker(ctx: dict) -> None:
         finalize(ctx, model, state, mlflow, run, teacher)
 
 
-def _maybe_fail(ctx: dict, epoch: int) -> None:
+def _maybe_fail(ctx: RunContext, epoch: int) -> None:
     """Fault injection for the resume test: ``SIFT_FAIL_AFTER_EPOCH=N`` kills this worker once,
     right after the checkpoint of epoch N (a marker file makes the restarted worker carry on)."""
     n = os.environ.get("SIFT_FAIL_AFTER_EPOCH")
-    marker = Path(ctx["out_dir"]) / "injected_failure"
+    marker = Path(ctx.out_dir) / "injected_failure"
     if n and int(n) == epoch and not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(epoch))
@@ -185,23 +188,23 @@ def _report(report, model, teacher, opt, state, rank):
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _start_run(ctx: dict):
+def _start_run(ctx: RunContext):
     from flows.config import flat
 
     from . import tracking
 
-    mlflow = tracking.use(ctx["tracking_uri"])
-    exp_id = tracking.experiment(mlflow, ctx["cfg"].experiment)
-    runs = mlflow.search_runs([exp_id], filter_string=f"tags.mlflow.runName = '{ctx['run_name']}'")
+    mlflow = tracking.use(ctx.tracking_uri)
+    exp_id = tracking.experiment(mlflow, ctx.cfg.experiment)
+    runs = mlflow.search_runs([exp_id], filter_string=f"tags.mlflow.runName = '{ctx.run_name}'")
     run = mlflow.start_run(run_id=runs.iloc[0]["run_id"]) if len(runs) else \
-        mlflow.start_run(experiment_id=exp_id, run_name=ctx["run_name"])
+        mlflow.start_run(experiment_id=exp_id, run_name=ctx.run_name)
     if not len(runs):
-        mlflow.log_params(flat(ctx["cfg"]))
-        mlflow.log_params({"data": ctx["data_dir"], "n_labeled": ctx["n_labeled"],
-                           "n_unlabeled": ctx["n_unlabeled"], "n_val": ctx["n_val"],
-                           "classes_list": ",".join(ctx["classes"])})
-        mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx["backbone_dir"], **ctx.get("mlflow_tags", {})})
-        _log_corrections(mlflow, ctx.get("corrections"))
+        mlflow.log_params(flat(ctx.cfg))
+        mlflow.log_params({"data": ctx.data_dir, "n_labeled": ctx.n_labeled,
+                           "n_unlabeled": ctx.n_unlabeled, "n_val": ctx.n_val,
+                           "classes_list": ",".join(ctx.classes)})
+        mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx.backbone_dir, **ctx.mlflow_tags})
+        _log_corrections(mlflow, ctx.corrections)
     return mlflow, run
 
 
