@@ -1,9 +1,10 @@
 """Typed, frozen configuration loaded from YAML with ``key=value`` overrides.
 
-Every stage declares a frozen dataclass. Defaults live in a YAML file beside the package that reads
-it (``flows/configs/preprocess.yaml``, ``train/configs/train.yaml`` …) so a user can read one file to
-see every knob. Ranges and choices are declared on the field with :func:`knob`, checked on load, and
-unknown keys are rejected with the list of known ones: a typo never silently falls back to a default.
+Every stage declares a frozen dataclass, and each default is written once, there: on the field,
+with its range or choices (:func:`knob`) and its documentation (help text, or the comments written
+with the field), which ``sift <stage> --knobs`` prints (:func:`knobs_table`). A YAML file
+(``--config``) and ``key=value`` overrides set values; ranges are checked on load and unknown keys
+are rejected with the list of known ones: a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
@@ -210,10 +211,47 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def source_comments(cls: type) -> dict[str, tuple[list[str], str]]:
+    """{field: (the comment lines just above it, its same-line comment)} read from the source of
+    ``cls`` and its dataclass bases: a config class documents its knobs where their defaults are
+    written, and :func:`knobs_table` shows that documentation."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    out: dict[str, tuple[list[str], str]] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments: dict[int, str] = {}
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        lines = src.splitlines()
+        names = {f.name for f in dataclasses.fields(klass)}
+        for no, line in enumerate(lines, start=1):
+            m = re.match(r"^\s+([A-Za-z_]\w*)\s*:", line)
+            if not m or m.group(1) not in names:
+                continue
+            block, k = [], no - 1
+            while k >= 1 and lines[k - 1].lstrip().startswith("#"):
+                block.insert(0, comments.get(k, ""))
+                k -= 1
+            out[m.group(1)] = (block, comments.get(no, "") if not line.lstrip().startswith("#") else "")
+    return out
+
+
 def knobs_table(cfg: Any) -> str:
     """Every knob of a loaded config (its values are the defaults a user starts from): name, type,
-    default, range or choices, help text; one aligned line each, as ``sift <stage> --knobs`` prints."""
+    default, range or choices, help text (else the field's same-line comment), one aligned line each,
+    under the comments written above the fields in the config class, as ``sift <stage> --knobs`` prints."""
     hints = typing.get_type_hints(type(cfg))
+    notes = source_comments(type(cfg))
     rows = []
     for f in dataclasses.fields(cfg):
         meta = f.metadata
@@ -229,11 +267,13 @@ def knobs_table(cfg: Any) -> str:
         kind = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
         value = getattr(cfg, f.name)
         shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
-        rows.append((f.name, kind, shown or "''", rng, meta.get("help", "")))
+        block, inline = notes.get(f.name, ([], ""))
+        rows.append((f.name, kind, shown or "''", rng, meta.get("help") or inline, block))
     widths = [min(32, max(len(r[i]) for r in rows)) for i in range(4)]
     head = ("knob", "type", "default", "range")
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  help"]
     for r in rows:
+        lines += [f"# {c}" if c else "#" for c in r[5]]
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else ""))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -264,7 +304,7 @@ def add_knobs_flag(ap, defaults) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The preprocessing stage's config (flows/configs/preprocess.yaml holds the defaults).
+# The preprocessing stage's config.
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -273,55 +313,78 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 class PreprocessConfig:
     # label set: any names, empty = what the data says (first-level folders / manifest labels); a
     # class may be declared a noisy pool with a prior over true classes
+    # The label set. Any names work (NSFW/SFW, indoor/outdoor, ...). Empty: what the data says, i.e. the
+    # first-level folder names (`unlabeled/` excepted) or the manifest's labels, sorted. Set it to fix the
+    # order or to refuse strays: folder names / manifest labels must then be one of these or `unlabeled`.
     classes: tuple[str, ...] = ()
+    # A class can be a *noisy pool*: its items are labeled, but the label is only a prior over the true
+    # classes (the user's own estimate). Training uses the prior, not the label, for these items.
+    # This default belongs to the BAD/NEUTRAL/GOOD label set: it steps aside when a class it names is
+    # absent from the data. A noisy_pools you write that names an absent class is refused.
     noisy_pools: dict[str, dict[str, float]] = dataclasses.field(  # steps aside when NEUTRAL is absent
         default_factory=lambda: {"NEUTRAL": {"NEUTRAL": 0.65, "BAD": 0.30, "GOOD": 0.05}})
-    # images
+    # Images are stored as RGB JPEG, shortest edge <= short_edge, within byte_budget bytes.
     short_edge: int = knob(448, lo=16, hi=8192, help="shortest edge of stored images (never upscaled)")
     byte_budget: int = knob(200_000, lo=2_000, hi=50_000_000, help="max bytes of a stored JPEG")
     max_quality: int = knob(90, lo=10, hi=100)
     min_quality: int = knob(40, lo=5, hi=100)
-    # validation
-    max_bytes: int = knob(50_000_000, lo=1, help="max input file size for images")
+    # Validation (every failure becomes a reject row with a reason, never a failed job).
+    max_bytes: int = knob(50_000_000, lo=1, help="max input file size for images")  # per image file
     max_video_bytes: int = knob(2_000_000_000, lo=1)
-    max_pixels: int = knob(50_000_000, lo=1, help="decompression-bomb guard")
+    max_pixels: int = knob(50_000_000, lo=1, help="decompression-bomb guard")  # decompression-bomb guard
     min_side: int = knob(16, lo=1)
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
     video_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
     # video: "keyframes" = a thumbnail + scene keyframes; "sample" = frames on an even grid (frames
     # from folder videos, e.g. an indoor/outdoor task), from video_start_s, every 1/video_fps s or
     # every video_every_n_frames frames, at most video_max_frames (spread over the whole video)
+    # Video: a thumbnail plus up to video_keyframes frames at scene changes (padded with evenly
+    # spaced frames when the video has few scenes), or (video_mode: sample) frames sampled evenly.
+    # or `sample`: frames on an even grid instead (no thumbnail)
     video_mode: str = knob("keyframes", choices=("keyframes", "sample"))
-    video_start_s: float = knob(0.0, lo=0.0, help="sample mode: skip this much (an intro)")
+    video_start_s: float = knob(0.0, lo=0.0, help="sample mode: skip this much (an intro)")  # sample: skip an intro
+    # sample: frames per second (0: use video_every_n_frames)
     video_fps: float = knob(1.0, lo=0.0, hi=240.0, help="sample mode: frames per second (0: use every_n)")
+    # sample: every Nth decoded frame instead
     video_every_n_frames: int = knob(0, lo=0, help="sample mode: every Nth frame instead of video_fps")
+    # sample: at most this many per video, spread over its whole length
     video_max_frames: int = knob(32, lo=1, hi=100_000, help="sample mode: cap per video (sampled sparser)")
     video_keyframes: int = knob(8, lo=0, hi=256, help="keyframes at scene changes per video")
     scene_threshold: float = knob(0.3, lo=0.0, hi=1.0)
     max_video_seconds: float = knob(3600.0, lo=0.1)
-    max_video_pixels: int = knob(3840 * 2160, lo=1)
+    max_video_pixels: int = knob(3840 * 2160, lo=1)  # 3840x2160
     ffmpeg_timeout: float = knob(120.0, lo=1.0)
     # manifest URLs: fetched by the guarded downloader (flows.fetch) into OUT/downloads/, resumable
+    # Manifest lines with a `url` (an img2dataset-style list) are fetched before processing by the same
+    # guarded downloader as `sift scrape` into OUT/downloads/ (resumable: a second run fetches only what
+    # is missing); a URL that fails is a `fetch_failed` reject with the fetcher's reason.
     user_agent: str = "sift-preprocess/0.1"
-    robots: bool = True
+    robots: bool = True  # honour robots.txt (RFC 9309)
+    # minimum seconds between two requests to one host
     rate_limit_s: float = knob(0.25, lo=0.0, hi=600.0, help="min seconds between two requests to one host")
     timeout_s: float = knob(15.0, lo=0.1, hi=600.0)
-    max_redirects: int = knob(5, lo=0, hi=50)
-    retries: int = knob(2, lo=0, hi=10)
-    backoff_s: float = knob(0.5, lo=0.0, hi=60.0)
-    allow_hosts: tuple[str, ...] = ()
-    allow_private: bool = False
+    max_redirects: int = knob(5, lo=0, hi=50)  # followed by hand; every hop is checked again
+    retries: int = knob(2, lo=0, hi=10)  # on 5xx, 429, timeouts and connection errors
+    backoff_s: float = knob(0.5, lo=0.0, hi=60.0)  # first retry after backoff_s, then x2
+    allow_hosts: tuple[str, ...] = ()  # names, .suffixes, addresses or networks allowed to be private/loopback
+    allow_private: bool = False  # true: no address policy at all (only for trusted intranets)
     download_threads: int = knob(8, lo=1, hi=256, help="downloads in flight")
+    # one URL's download is held in memory while it is fetched
     max_download_bytes: int = knob(200_000_000, lo=1, help="cap of one URL's download (held in memory)")
     # span labels (manifest lines with start/end): frames sampled inside each span
+    # Span labels: a manifest line with start/end (seconds) labels a span of a video; frames are sampled
+    # inside each span at span_fps, at most span_max_frames per span (a longer span is sampled more
+    # sparsely). All frames of one video share its group, hence its split.
     span_fps: float = knob(1.0, lo=0.01, hi=60.0, help="frames per second sampled inside a span")
     span_max_frames: int = knob(32, lo=1, hi=10_000, help="cap per span (sampled more sparsely)")
     # dedupe + split
+    # Near duplicates: 64-bit perceptual hashes within this Hamming distance are one cluster.
     near_dup_distance: int = knob(4, lo=0, hi=32, help="max Hamming distance of 64-bit pHashes")
     val_frac: float = knob(0.15, lo=0.0, hi=0.9)
     test_frac: float = knob(0.15, lo=0.0, hi=0.9)
     split_seed: str = "sift"
     # Ray
+    # Ray: the CPU actor pool autoscales between min_actors and max_actors.
     min_actors: int = knob(1, lo=1, hi=1024)
     max_actors: int = knob(2, lo=1, hi=1024)
     actor_cpus: float = knob(1.0, lo=0.05, hi=64)
@@ -358,4 +421,4 @@ class PreprocessConfig:
 
 
 def load_preprocess(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> PreprocessConfig:
-    return load(PreprocessConfig, path, overrides, default_path=CONFIG_DIR / "preprocess.yaml")
+    return load(PreprocessConfig, path, overrides)

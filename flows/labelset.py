@@ -7,8 +7,8 @@ Rules (the README's "Your own labels" section):
   distinct ``label`` values of a JSONL manifest, compared case-insensitively and sorted. With
   ``classes=`` that list fixes the order, and folders / labels outside it are refused (a folder) or
   rejected line by line (a manifest).
-* A default that belongs to the default label set (the NEUTRAL noisy pool of
-  ``flows/configs/preprocess.yaml``) steps aside when a class it names is absent; the same setting
+* A default that belongs to the default label set (the NEUTRAL noisy pool,
+  ``PreprocessConfig.noisy_pools``) steps aside when a class it names is absent; the same setting
   written by the user (a ``--config`` file or ``key=value``) is refused, in one line naming the key,
   the value and the classes present.
 

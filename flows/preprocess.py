@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     add_knobs_flag(ap, load_preprocess)
     ap.add_argument("--input", required=True, help="folder tree (label folders) or JSONL manifest")
     ap.add_argument("--output", required=True, help="output folder (data/, rejects, manifest.json)")
-    ap.add_argument("--config", help="YAML file overriding flows/configs/preprocess.yaml")
+    ap.add_argument("--config", help="YAML file of settings (sift preprocess --knobs lists them)")
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)

@@ -212,7 +212,7 @@ def parse_args(argv):
     add_knobs_flag(ap, lambda: load_settings(None, None, []))
     ap.add_argument("args", nargs="*", metavar="URL|key=value", help="start URLs and config overrides")
     ap.add_argument("--recipe", help="recipe YAML (default: the generic recipe)")
-    ap.add_argument("--config", help="a YAML file of scrape settings over flows/configs/scrape.yaml")
+    ap.add_argument("--config", help="a YAML file of scrape settings (--knobs lists them)")
     ap.add_argument("--to", type=Path, help="write media + items.jsonl (for sift preprocess) + failures.jsonl")
     ap.add_argument("--to-server", help="backend URL: classify via /v1/jobs and write a filtered feed")
     ap.add_argument("--token", default=os.environ.get("SIFT_API_TOKEN", ""), help="bearer token")

@@ -1,7 +1,7 @@
 """Configs of the two offline stages on the model: ``sift scan`` and ``sift predict``.
 
-Defaults live in ``serve/configs/scan.yaml`` and ``serve/configs/predict.yaml``; ``key=value``
-overrides and unknown-key rejection work as for every other stage (``flows.config``).
+Each default is written once, on its field (``sift scan --knobs``, ``sift predict --knobs``);
+``key=value`` overrides and unknown-key rejection work as for every other stage (``flows.config``).
 
 Both run a Ray Data pipeline whose CPU reservations must fit the cluster: Ray Data waits forever,
 without an error, for an actor or task that can never be scheduled. :meth:`cpus_needed` is what
@@ -16,27 +16,35 @@ from typing import Iterable
 from flows.config import knob, load
 from train.decision import OperatingPointKnobs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 MODEL = "models:/sift-classifier@champion"
 
 
 @dataclasses.dataclass(frozen=True)
 class ScanConfig(OperatingPointKnobs):
-    model: str = MODEL
-    tracking_uri: str = ""
-    # sampling and cuts
+    # sift scan: defaults. Override as key=value: `sift scan a.mp4 --output out fps=1 smooth=5`.
+    model: str = MODEL  # or a local artifact dir (train's .sift/runs/RUN/model)
+    tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db
+    # Sampling: one frame at or after every 1/fps s, plus the first frame of each scene. Cuts come from
+    # ffmpeg's scene score in the same decode pass (no second pass over the video).
     fps: float = knob(2.0, lo=0.05, hi=30.0, help="sampled frames per second (a fixed grid from 0)")
     keyframes: bool = knob(True, help="also score the first frame of every scene (at each cut)")
     scene_threshold: float = knob(0.3, lo=0.01, hi=1.0, help="ffmpeg scene score above which a frame starts a scene")
+    # cuts closer than this to the previous one are ignored (strobes, noise)
     min_scene_s: float = knob(0.5, lo=0.04, hi=60.0, help="no two cuts closer than this (bounds keyframes in strobes)")
+    # one decode task per chunk; starts snapped to keyframes (shorter: less
     chunk_s: float = knob(60.0, lo=2.0, hi=86400.0, help="video seconds per decode task (snapped to keyframes)")
-    # timeline
+    # Timeline: moving average of the probabilities over `smooth` frames, never across a cut.
     smooth: int = knob(3, lo=1, hi=101, help="moving average over this many frames, within a scene")
     # limits
     max_video_seconds: float = knob(4 * 3600.0, lo=1.0)
-    max_pixels: int = knob(3840 * 2160, lo=1)
-    ffmpeg_timeout: float = knob(600.0, lo=1.0, help="seconds per decode task")
+    max_pixels: int = knob(3840 * 2160, lo=1)  # 3840x2160
+    ffmpeg_timeout: float = knob(600.0, lo=1.0, help="seconds per decode task")  # per decode task
     # Ray
+    # Ray: decode tasks feed an autoscaling pool of model actors. decoders * decode_cpus +
+    # max_actors * actor_cpus + io_cpus must fit the cluster's CPUs (checked before the run).
+    # One actor with 2 torch threads by default: every actor loads the model (~6 CPU-s) and on a
+    # 2-core machine a second one cost more than it gave (bench/scan.py: tiny model 37 -> 30 s with
+    # one actor, ViT-B/32 93.5 s with 2 x 1 thread -> 89.3 s with 1 x 2). Raise max_actors with cores.
     batch_size: int = knob(32, lo=1, hi=4096, help="frames per model call")
     min_actors: int = knob(1, lo=1, hi=1024)
     max_actors: int = knob(1, lo=1, hi=1024, help="model actors at most (each loads the model)")
@@ -44,11 +52,12 @@ class ScanConfig(OperatingPointKnobs):
     threads: int = knob(2, lo=1, hi=256, help="torch threads per model actor")
     decoders: int = knob(2, lo=1, hi=1024, help="decode tasks at once (one ffmpeg each)")
     decode_cpus: float = knob(0.5, lo=0.05, hi=64, help="CPUs reserved by each decode task")
+    # per decode task: the chunks are the parallelism (0: ffmpeg's own choice)
     ffmpeg_threads: int = knob(1, lo=0, hi=64, help="decoder threads per ffmpeg (0: ffmpeg's choice); "
                                                    "the chunks are already decoded in parallel")
     io_cpus: float = knob(0.1, lo=0.01, hi=8)
     # output
-    plot: bool = True
+    plot: bool = True  # DIR/<stem>.png
 
     def validate(self) -> None:
         if self.min_actors > self.max_actors:
@@ -61,9 +70,13 @@ class ScanConfig(OperatingPointKnobs):
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(OperatingPointKnobs):
-    model: str = MODEL
-    tracking_uri: str = ""
+    # sift predict: defaults. Override as key=value: `sift predict --input d --output p.parquet max_actors=3`.
+    model: str = MODEL  # or a local artifact dir (train's .sift/runs/RUN/model)
+    tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db
+    # 5: mean over five crops, as /v1/classify?tiles=5
     tiles: int = knob(1, choices=(1, 5), help="5: average five crops per image (large images)")
+    # Ray: an autoscaling pool of model actors (each decodes, prepares and scores its batch).
+    # max_actors * actor_cpus + io_cpus must fit the cluster's CPUs (checked before the run).
     batch_size: int = knob(32, lo=1, hi=4096)
     min_actors: int = knob(1, lo=1, hi=1024)
     max_actors: int = knob(2, lo=1, hi=1024)
@@ -81,8 +94,8 @@ class PredictConfig(OperatingPointKnobs):
 
 
 def load_scan(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> ScanConfig:
-    return load(ScanConfig, path, overrides, default_path=CONFIG_DIR / "scan.yaml")
+    return load(ScanConfig, path, overrides)
 
 
 def load_predict(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> PredictConfig:
-    return load(PredictConfig, path, overrides, default_path=CONFIG_DIR / "predict.yaml")
+    return load(PredictConfig, path, overrides)

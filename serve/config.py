@@ -1,4 +1,4 @@
-"""The serving stage's config (defaults in ``serve/configs/serve.yaml``)."""
+"""The serving stage's config: a frozen dataclass, each default written once, on its field."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,23 +9,26 @@ from typing import Iterable
 from flows.config import build, knob, load
 from train.decision import OperatingPointKnobs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig(OperatingPointKnobs):
     # the operating point (thresholds, max_rate, fallback) comes from OperatingPointKnobs
-    model: str = "models:/sift-classifier@champion"
-    tracking_uri: str = ""
+    # sift serve: defaults. Override as key=value: `sift serve model=/path/to/artifact port=8080`.
+    model: str = "models:/sift-classifier@champion"  # or a local artifact dir (train's .sift/runs/RUN/model)
+    tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db
     host: str = "127.0.0.1"
     port: int = knob(8000, lo=1, hi=65535)
+    # bearer token ($SIFT_API_TOKEN); required when host is not loopback
     token: str = knob("", help="bearer token; required when binding beyond loopback ($SIFT_API_TOKEN)")
-    device: str = knob("auto", choices=("auto", "cpu", "cuda"))
+    device: str = knob("auto", choices=("auto", "cpu", "cuda"))  # cuda when the replica has a GPU
     # batching (model deployment)
+    # Dynamic batching on the model deployment. max_ongoing_requests must be >= max_batch_size,
+    # otherwise Serve never routes enough requests to a replica to fill a batch.
     max_batch_size: int = knob(32, lo=1, hi=4096)
     batch_wait_timeout_s: float = knob(0.01, lo=0.0, hi=10.0)
     max_ongoing_requests: int = knob(64, lo=1, help="per model replica; >= max_batch_size or batches never fill")
-    max_queued_requests: int = knob(256, lo=-1, help="beyond this the API answers 503")
+    max_queued_requests: int = knob(256, lo=-1, help="beyond this the API answers 503")  # beyond this: 503
     min_replicas: int = knob(1, lo=0, hi=1024)
     max_replicas: int = knob(1, lo=1, hi=1024)
     target_ongoing_requests: float = knob(16.0, lo=0.1)
@@ -34,8 +37,10 @@ class ServeConfig(OperatingPointKnobs):
     preprocess_replicas: int = knob(1, lo=1, hi=1024)
     preprocess_cpus: float = knob(0.5, lo=0.0, hi=64)
     ingress_cpus: float = knob(0.25, lo=0.0, hi=64)
+    # Serve's access log writes a line per request in each replica (proxy, Api, Preprocess, Model) and
+    # ships it to the driver. /metrics counts requests and latencies anyway.
     access_log: bool = knob(False, help="Serve's per-request log line in every replica (/metrics counts requests)")
-    # limits
+    # Limits: bad input gets a 4xx with a JSON error, never a 500.
     max_body_bytes: int = knob(25_000_000, lo=1)
     max_video_bytes: int = knob(200_000_000, lo=1)
     max_items: int = knob(64, lo=1, help="images per /v1/classify request")
@@ -43,13 +48,13 @@ class ServeConfig(OperatingPointKnobs):
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
     video_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
     request_timeout_s: float = knob(60.0, lo=0.1)
-    # video
+    # Video: thumbnail + scene keyframes + frames sampled at video_fps.
     video_fps: float = knob(1.0, lo=0.01, hi=60.0, help="sampled frames per second")
     video_keyframes: int = knob(8, lo=0, hi=256)
     video_max_seconds: float = knob(1800.0, lo=1.0)
-    video_aggregate: str = knob("max", choices=("max", "mean", "topk"))
+    video_aggregate: str = knob("max", choices=("max", "mean", "topk"))  # max | mean | topk
     video_smooth: int = knob(3, lo=1, hi=101)
-    # jobs
+    # Jobs: persistent SQLite queue (survives restarts).
     jobs_db: str = knob("", help="SQLite file of the job queue (default: $SIFT_HOME/jobs.db)")
     max_pending_jobs: int = knob(1000, lo=1)
     job_concurrency: int = knob(8, lo=1, hi=1024)
@@ -72,7 +77,7 @@ def is_loopback(host: str) -> bool:
 
 
 def load_serve(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> ServeConfig:
-    return load(ServeConfig, path, overrides, default_path=CONFIG_DIR / "serve.yaml")
+    return load(ServeConfig, path, overrides)
 
 
 def from_args(args: dict) -> ServeConfig:

@@ -44,7 +44,7 @@ def start(cfg, blocking: bool = False):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift serve", description=__doc__.split("\n\n")[0])
     add_knobs_flag(ap, load_serve)
-    ap.add_argument("--config", help="YAML overriding serve/configs/serve.yaml")
+    ap.add_argument("--config", help="YAML of settings (--knobs lists every knob)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input", required=True, help="image folder, parquet file/folder, or preprocess output")
     ap.add_argument("--output", required=True, help="output parquet file")
     ap.add_argument("--model", help="artifact dir or models:/ URI (default: the config's, @champion)")
-    ap.add_argument("--config", help="YAML overriding serve/configs/predict.yaml")
+    ap.add_argument("--config", help="YAML of settings (--knobs lists every knob)")
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_intermixed_args(argv)

@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, help="port (default 8765)")
     ap.add_argument("--token", default=os.environ.get("SIFT_REVIEW_TOKEN"), help="token ($SIFT_REVIEW_TOKEN)")
     ap.add_argument("--user", help="who corrections are recorded as (default: $USER)")
-    ap.add_argument("--config", help="YAML over serve/configs/review.yaml")
+    ap.add_argument("--config", help="YAML of settings")
     ap.add_argument("overrides", nargs="*", help="key=value overrides (labels_db=, queue_limit=, ...)")
     args = ap.parse_args(argv)
     flags = {k: getattr(args, k) for k in ("data", "run", "host", "port", "token", "user") if getattr(args, k)}

@@ -17,24 +17,32 @@ import pandas as pd
 
 from flows.config import ConfigError, knob, load
 
-from .config import CONFIG_DIR, is_loopback
+from .config import is_loopback
 
 ITEM_COLUMNS = ["id", "group_id", "kind", "label", "pool", "split", "path", "timestamp", "source"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ReviewConfig:
-    """``sift review`` settings (defaults: serve/configs/review.yaml)."""
-    data: str = knob("", help="output folder of `sift preprocess`")
+    """``sift review`` settings."""
+    # sift review: defaults. Override as flags (--data, --run, --host, --port, --token, --user) or key=value,
+    # e.g. `sift review --data .sift/demo/data queue_limit=100 labels_db=/shared/labels.db`.
+    data: str = knob("", help="output folder of `sift preprocess`")  # output folder of `sift preprocess` (--data)
+    # run name, MLflow run id, or latest (the newest run on this data)
     run: str = knob("latest", help="run name, MLflow run id, or latest (newest run on this data)")
+    # or a predictions.parquet file directly
     predictions: str = knob("", help="a predictions.parquet file (overrides run)")
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback; anything else needs a token
     port: int = knob(8765, lo=1, hi=65535)
+    # $SIFT_REVIEW_TOKEN; empty on loopback: a random token is generated and printed
     token: str = knob("", help="required beyond loopback; empty on loopback: a random one is printed")
+    # who corrections are recorded as (default: $USER)
     user: str = knob("", help="who corrections are recorded as (default: $USER)")
+    # the label store (default: $SIFT_HOME/labels.db; sift train reads the same)
     labels_db: str = knob("", help="label store (default: $SIFT_HOME/labels.db)")
-    queue_limit: int = knob(50, lo=1, hi=1000)
-    max_frames: int = knob(8, lo=0, hi=64, help="frames of a video shown on its card")
+    queue_limit: int = knob(50, lo=1, hi=1000)  # cards fetched per queue request
+    max_frames: int = knob(8, lo=0, hi=64, help="frames of a video shown on its card")  # frames shown on a video's card
+    # origins allowed to POST /api/report: "null" is a feed.html opened as a file
     cors_origins: tuple[str, ...] = ("null",)
 
     def validate(self) -> None:
@@ -46,7 +54,7 @@ class ReviewConfig:
 
 
 def load_review(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> ReviewConfig:
-    return load(ReviewConfig, path, overrides, default_path=CONFIG_DIR / "review.yaml")
+    return load(ReviewConfig, path, overrides)
 
 
 def _meta(path: Path) -> dict:

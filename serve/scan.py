@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-overlay", action="store_true", help="reel without the label/score text")
     ap.add_argument("--export-spans", metavar="FILE.jsonl",
                     help="also write every segment as a span line that `sift preprocess` reads as labels")
-    ap.add_argument("--config", help="YAML overriding serve/configs/scan.yaml")
+    ap.add_argument("--config", help="YAML of settings (--knobs lists every knob)")
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     args = ap.parse_intermixed_args(argv)
     videos, over = split_inputs(args.inputs)

@@ -1,4 +1,4 @@
-"""The training stage's config: a frozen dataclass, defaults in ``train/configs/train.yaml``."""
+"""The training stage's config: a frozen dataclass, each default written once, on its field."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +13,16 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    # model
+    # Model: CLIP vision tower (HF id or local dir; `tiny` / `random-vit-b32` build a random one) plus
+    # YOLO face features (default weights: the detector shipped in the nudenet package).
     backbone: str = "openai/clip-vit-base-patch32"
     faces: bool = True
     face_weights: str = "nudenet"
     face_classes: tuple[str, ...] = ("FACE_FEMALE", "FACE_MALE")
     face_extra_classes: tuple[str, ...] = ()
     face_conf: float = knob(0.25, lo=0.0, hi=1.0)
+    # Input: image_size is a torchvision CNN's input side (0: 224); an HF checkpoint brings its own.
+    # image_fit: crop (shortest edge + centre crop, CLIP's own) or pad (the whole image on a square).
     image_size: int = knob(0, lo=0, hi=1024, help="model input side of a torchvision CNN (0: 224; HF checkpoints: their own)")
     image_fit: str = knob("crop", choices=("crop", "pad"), help="square the image by a centre crop, or pad it "
                           "whole (a 16:9 thumbnail keeps its sides)")
@@ -27,10 +30,16 @@ class TrainConfig:
     hidden: int = knob(1024, lo=8, hi=16384)
     dropout: float = knob(0.1, lo=0.0, hi=0.9)
     score_head: bool = False
+    # Zero-shot seeding (needs a CLIP checkpoint with a text tower, e.g. the default HF id): the head
+    # starts as CLIP's zero-shot classifier over these prompts and learns a correction; classes without a
+    # prompt get "a photo of <class>". E.g. {BAD: "a clickbait thumbnail", GOOD: "a calm photo"}.
     zero_shot_prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # class -> prompt (seeds the head)
+    # Multi-label tags (manifest lines with "tags": [...]): a sigmoid head beside the classes, trained
+    # with binary cross-entropy on the annotated items, one F1-optimal threshold per tag on val.
     tag_head: bool = knob(True, help="train a multi-label tag head when the data has tags")
     tag_weight: float = knob(1.0, lo=0.0, hi=100.0, help="weight of the tag loss")
-    # schedule
+    # Schedule: frozen backbone (head on the embedding cache) for frozen_steps, then the last
+    # `unfreeze_last` transformer blocks train at backbone_lr. frozen_steps=-1 keeps it frozen.
     epochs: int = knob(10, lo=1, hi=10_000)
     steps_per_epoch: int = knob(0, lo=0, help="0: one pass over the labeled pool")
     labeled_batch: int = knob(32, lo=1, hi=65536)
@@ -39,20 +48,29 @@ class TrainConfig:
     backbone_lr: float = knob(1e-5, lo=0.0, hi=1.0)
     weight_decay: float = knob(1e-4, lo=0.0, hi=1.0)
     frozen_steps: int = knob(-1, lo=-1, help="steps with a frozen backbone; -1: the whole run")
+    # Each phase (frozen, then unfrozen) warms the rate up linearly over warmup_steps, then decays it
+    # by a cosine to the phase's end (lr_schedule: constant keeps it flat); the schedule restarts when the
+    # backbone unfreezes. ReduceLROnPlateau (plateau_*) multiplies it on top.
     warmup_steps: int = knob(10, lo=0, help="linear learning-rate warm-up at the start of each phase")
     lr_schedule: str = knob("cosine", choices=("cosine", "constant"), help="decay over each phase after warm-up")
     unfreeze_last: int = knob(2, lo=0, hi=1000, help="transformer blocks unfrozen after warm-up")
     cache_views: int = knob(2, lo=1, hi=16, help="augmented views per image in the embedding cache")
     feature_noise: float = knob(0.1, lo=0.0, hi=5.0)
+    # Augmentations keep the cues: crops keep >= aug_min_area of the square (a face at the edge
+    # survives), brightness/contrast jitter aug_jitter, a milder saturation jitter (it can be the signal).
     aug_min_area: float = knob(0.8, lo=0.05, hi=1.0, help="random crops keep at least this share of the square")
     aug_jitter: float = knob(0.2, lo=0.0, hi=1.0, help="brightness/contrast jitter strength")
     aug_saturation: float = knob(0.1, lo=0.0, hi=1.0, help="saturation jitter (mild: saturation can be the signal)")
     aug_hue: float = knob(0.0, lo=0.0, hi=0.5, help="hue shift, a fraction of a turn (0.5: any palette; "
                           "keep 0 where hue is the signal)")
+    # Rare classes: clean items weighted (N / (C n_c))^balance (1: every class counts alike; 0: as drawn).
     balance: float = knob(1.0, lo=0.0, hi=1.0, help="class weights (N / C n_c)^balance on clean items; 0: none")
+    # Noisy pools (preprocess noisy_pools): trained towards their prior (refined by the teacher when
+    # mean_teacher is on), taken at their word (label), or left out (ignore).
     noisy_pool: str = knob("prior", choices=("prior", "label", "ignore"),
                            help="noisy pools: towards their prior, at their word, or left out")
     # mean teacher (Tarvainen & Valpola 2017)
+    # Mean teacher: EMA teacher over weights and buffers, confidence-weighted consistency.
     mean_teacher: bool = True
     ema_decay: float = knob(0.99, lo=0.0, hi=1.0)
     consistency: str = knob("mse", choices=("mse", "kl"))
@@ -61,18 +79,32 @@ class TrainConfig:
     confidence_threshold: float = knob(0.0, lo=0.0, hi=1.0)
     noisy_sharpen: float = knob(1.0, lo=0.0, hi=10.0, help="teacher weight in noisy-pool targets")
     # loss: asymmetric focal loss (Ridnik et al. 2021) + cost matrix
+    # Asymmetric focal loss + a cost matrix that makes the worst mistake (a true `negative` item
+    # predicted `positive`) cost `cost_worst` times a plain mistake.
     gamma_pos: float = knob(0.0, lo=0.0, hi=10.0)
     gamma_neg: float = knob(4.0, lo=0.0, hi=10.0)
-    class_gamma: dict[str, float] = dataclasses.field(default_factory=dict)
+    class_gamma: dict[str, float] = dataclasses.field(default_factory=dict)  # per-class gamma_pos, e.g. {BAD: 1.0}
     label_smoothing: float = knob(0.05, lo=0.0, hi=0.5)
     cost_worst: float = knob(5.0, lo=1.0, hi=1000.0, help="cost of the worst mistake (negative predicted positive)")
     cost_weight: float = knob(0.5, lo=0.0, hi=100.0)
     # the worst mistake, optional: a true `negative` item predicted `positive`; the defaults belong to
     # the default label set and step aside when BAD or GOOD is absent; empty: no worst mistake
+    # The worst mistake is optional. These defaults belong to the BAD/NEUTRAL/GOOD label set and step
+    # aside when BAD or GOOD is not a class of the data; set them for yours (positive=NSFW; a binary
+    # task's negative is the other class) or leave them unset: selection is then macro-F1 and the
+    # thresholds maximise validation macro-F1. A positive/negative you write must be a class of the data.
     positive: str = knob("BAD", help="class whose false alarms on `negative` cost most (empty: none)")
     negative: str = knob("GOOD", help="class that must not be predicted `positive` (binary: the other class)")
+    # The decision rule (train/decision.py): every class has its own threshold, chosen on clean
+    # validation labels; the negative is never predicted over a more probable positive, and an item no
+    # class claims goes to `fallback` and is reported uncertain (empty: the best remaining class).
+    # Like positive/negative, the default steps aside when NEUTRAL is not a class of the data.
+    # Serving can move the operating point without retraining: threshold_BAD=0.6, max_rate=0.01.
     fallback: str = knob("NEUTRAL", help="class of items no class claims (reported uncertain); empty: none")
     # evaluation + selection
+    # Evaluation, calibration and model selection.
+    # auto: <positive>_recall@<negative>2<positive><=threshold_rate with a worst mistake, else macro_f1;
+    # or e.g. precision:GOOD, macro_f1, accuracy, bad_recall@good2bad<=0.02
     selection: str = knob("auto", help="auto: the worst-mistake operating point when set, else macro_f1")
     threshold_rate: float = knob(0.05, lo=0.0, hi=1.0, help="max negative->positive rate of the thresholds")
     calibration_folds: int = knob(5, lo=0, hi=20, help="when clean validation items are few (< 30 a class), the "
@@ -82,16 +114,22 @@ class TrainConfig:
     plateau_factor: float = knob(0.5, lo=0.01, hi=1.0)
     eval_truth: str = knob("", help="optional JSONL {path, true} overriding labels for evaluation")
     # review loop: human corrections from the label store, predictions for the review queues
+    # Review loop (sift review): corrections from the label store are applied to the labels this run
+    # trains and evaluates on (a corrected item becomes a clean labeled item); MLflow logs how many
+    # (corrections_used, corrections_<CLASS>) and corrections.json. predictions.parquet (student and
+    # teacher probabilities and the per-item loss of every item) is what the review queues rank.
+    # empty: $SIFT_HOME/labels.db when it exists
     labels_db: str = knob("", help="label store of `sift review` (default: $SIFT_HOME/labels.db when it exists)")
     use_corrections: bool = True
     predictions: bool = True
     # Ray
+    # Ray Train
     num_workers: int = knob(1, lo=1, hi=4096)
     cpus_per_worker: float = knob(1.0, lo=0.1, hi=256)
     use_gpu: str = knob("auto", choices=("auto", "true", "false"))
     cache_actors: int = knob(1, lo=1, hi=1024)
     max_failures: int = knob(2, lo=0)
-    # tracking
+    # MLflow
     experiment: str = "sift"
     model_name: str = "sift-classifier"
     run_name: str = ""
@@ -178,7 +216,7 @@ def for_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
 
 
 def load_train(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> TrainConfig:
-    return load(TrainConfig, path, overrides, default_path=CONFIG_DIR / "train.yaml")
+    return load(TrainConfig, path, overrides)
 
 
 __all__ = ["TrainConfig", "load_train", "for_classes", "flat", "state_dir"]

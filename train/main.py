@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift train", description=__doc__.split("\n\n")[0])
     add_knobs_flag(ap, load_train)
     ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
-    ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
+    ap.add_argument("--config", help="YAML of settings, e.g. train/configs/small.yaml (--knobs lists every knob)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or .sift/mlflow.db)")
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")

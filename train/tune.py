@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift tune", description=__doc__.split("\n\n")[0])
     add_knobs_flag(ap, load_train)
     ap.add_argument("--data", required=True, help="output folder of `sift preprocess`")
-    ap.add_argument("--config", help="YAML overriding train/configs/train.yaml (e.g. train/configs/tiny.yaml)")
+    ap.add_argument("--config", help="YAML of settings, e.g. train/configs/small.yaml (--knobs lists every knob)")
     ap.add_argument("--space", help=f"YAML search space (default: {search.DEFAULT_SPACE.name})")
     ap.add_argument("--samples", type=int, help="trials to sample (default 8; times the grid size with grids)")
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster allows)")

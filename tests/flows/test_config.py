@@ -82,7 +82,7 @@ def test_knobs_table_lists_every_field_with_its_loaded_default_range_and_help():
 
     cfg = load_train(None, ["epochs=7"])
     table = knobs_table(cfg)
-    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in table.splitlines()[1:] if not line.startswith("#")}
     assert set(lines) == {f.name for f in dataclasses.fields(cfg)}
     assert lines["epochs"].split()[:4] == ["epochs", "int", "7", "[1,"]  # the loaded value, then the range
     assert "cosine|constant" in lines["lr_schedule"] and "decay over each phase" in lines["lr_schedule"]
@@ -99,3 +99,31 @@ def test_every_stage_prints_its_knobs_before_checking_required_arguments(capsys)
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert f"sift {stage}: every knob" in out and f"\n{knob} " in out, (stage, out[:300])
+
+
+def test_each_default_is_written_once_on_its_field():
+    """Loading a stage's config with no file and no override gives its dataclass's own defaults:
+    there is no second place (a defaults YAML) where a default could drift."""
+    from flows.config import PreprocessConfig, load_preprocess
+    from flows.scrape_config import ScrapeConfig, load_settings
+    from serve.batch_config import PredictConfig, ScanConfig, load_predict, load_scan
+    from serve.config import ServeConfig, load_serve
+    from train.config import TrainConfig, load_train
+
+    for loaded, cls in ((load_preprocess(), PreprocessConfig), (load_train(), TrainConfig), (load_serve(), ServeConfig),
+                        (load_scan(), ScanConfig), (load_predict(), PredictConfig), (load_settings(None, None, [])[0], ScrapeConfig)):
+        assert loaded == cls(), cls.__name__
+
+
+def test_knobs_show_the_comments_written_with_the_fields():
+    from flows.config import knobs_table, source_comments
+    from serve.config import load_serve
+
+    notes = source_comments(type(load_serve()))
+    block, inline = notes["max_batch_size"]
+    assert any("Dynamic batching" in line for line in block)
+    assert "503" in notes["max_queued_requests"][1]  # a same-line comment becomes the help text
+    table = knobs_table(load_serve())
+    assert "# Dynamic batching on the model deployment" in table
+    row = next(line for line in table.splitlines() if line.startswith("max_queued_requests "))
+    assert "503" in row
