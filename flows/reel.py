@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .reel_plan import Cut, Packets, merge_segments, parse_packets, plan_cuts
 from .validate import Reject, check, read_head
-from .video import (_SAFE_INPUT, VideoError, VideoInfo, local_input, parse_probe, probe,
+from .video import (SAFE_INPUT, VideoError, VideoInfo, local_input, parse_probe, probe,
                     probe_cmd, run)
 
 COPY_CODECS = ("h264", "hevc")  # stream-copyable into mp4 and joinable by the concat demuxer
@@ -98,7 +98,7 @@ def video_piece_cmd(src: str, cut: Cut, out: str, copy: bool, fps: float,
         vf = ",".join([*([draw] if draw else []), "setpts=PTS-STARTPTS",
                        "scale=trunc(iw/2)*2:trunc(ih/2)*2", "setsar=1"])
         seek, codec = f"{max(0.0, cut.start - early):.6f}", ["-vf", vf, *_X264]
-    return _ffmpeg(*_SAFE_INPUT, "-ss", seek, "-i", local_input(src), "-map", "0:V:0", "-an", "-sn",
+    return _ffmpeg(*SAFE_INPUT, "-ss", seek, "-i", local_input(src), "-map", "0:V:0", "-an", "-sn",
                    "-dn", *codec, "-fps_mode", "passthrough", "-frames:v", str(cut.frames),
                    "-f", "mov", "file:" + out)
 
@@ -106,7 +106,7 @@ def video_piece_cmd(src: str, cut: Cut, out: str, copy: bool, fps: float,
 def audio_piece_cmd(src: str, cut: Cut, out: str) -> list[str]:
     """One ffmpeg writing exactly ``cut.end - cut.start`` s of the first audio stream as PCM WAV
     (``apad`` fills a piece that runs past the end of the audio with silence)."""
-    return _ffmpeg(*_SAFE_INPUT, "-ss", f"{cut.start:.6f}", "-i", local_input(src), "-map", "0:a:0",
+    return _ffmpeg(*SAFE_INPUT, "-ss", f"{cut.start:.6f}", "-i", local_input(src), "-map", "0:a:0",
                    "-vn", "-sn", "-dn", "-af", "apad", "-t", f"{cut.end - cut.start:.6f}",
                    "-c:a", "pcm_s16le", "-f", "wav", "file:" + out)
 
@@ -154,7 +154,7 @@ def inspect(path: str, timeout: float) -> tuple[VideoInfo, bool, Packets]:
             raise
         raise VideoError("decode_error", f"corrupt or truncated video: {exc.detail}") from None
     audio = any(s.get("codec_type") == "audio" for s in meta.get("streams", []))
-    cmd = ["ffprobe", "-hide_banner", "-loglevel", "error", *_SAFE_INPUT, "-select_streams", "V:0",
+    cmd = ["ffprobe", "-hide_banner", "-loglevel", "error", *SAFE_INPUT, "-select_streams", "V:0",
            "-show_entries", "packet=pts_time,duration_time,flags", "-of", "csv=p=0",
            local_input(path)]
     csv, _ = run(cmd, timeout)

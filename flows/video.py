@@ -25,10 +25,10 @@ from .errors import ReasonError
 
 # Demuxers for the containers in schema.VIDEO_EXTS (ffmpeg matches any comma-separated name).
 DEMUXERS = "mov,mp4,matroska,webm"
-_SAFE_INPUT = ["-protocol_whitelist", "file,pipe", "-format_whitelist", DEMUXERS]
+SAFE_INPUT = ["-protocol_whitelist", "file,pipe", "-format_whitelist", DEMUXERS]
 # "repeat": never fold identical log lines into "Last message repeated N times" (we count lines).
 # "level": prefix "[error]" etc., so decoder errors can be told from informational lines.
-_LOGLEVEL = "repeat+level+info"
+LOGLEVEL = "repeat+level+info"
 _URLISH = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # "http:", "concat:", "subfile:", "file:" ...
 _RECORD = re.compile(r"^\[metadata@(\w+) @ [^\]]*\] (?:\[\w+\] )?(.*)$")
 _FRAME = re.compile(r"frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
@@ -98,24 +98,24 @@ def run(cmd: list[str], timeout: float) -> tuple[bytes, str]:
         raise
     text = err.decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise VideoError("video_error", _last_error(text) or f"{cmd[0]} exited {proc.returncode}")
+        raise VideoError("video_error", last_error(text) or f"{cmd[0]} exited {proc.returncode}")
     return out, text
 
 
-def _errors(stderr: str) -> list[str]:
+def error_lines(stderr: str) -> list[str]:
     """Error-level lines of a ``-loglevel level+...`` log."""
     return [ln for ln in stderr.splitlines() if "[error]" in ln or "[fatal]" in ln]
 
 
-def _last_error(stderr: str) -> str:
+def last_error(stderr: str) -> str:
     """The last error line, else the last line (ffprobe's log has no level tags): a short detail."""
-    lines = [ln.strip() for ln in (_errors(stderr) or stderr.splitlines()) if ln.strip()]
+    lines = [ln.strip() for ln in (error_lines(stderr) or stderr.splitlines()) if ln.strip()]
     return lines[-1][:300] if lines else ""
 
 
 def probe_cmd(path: str) -> list[str]:
     """ffprobe command printing streams and format as JSON on stdout."""
-    return ["ffprobe", "-hide_banner", "-loglevel", "error", *_SAFE_INPUT,
+    return ["ffprobe", "-hide_banner", "-loglevel", "error", *SAFE_INPUT,
             "-of", "json", "-show_streams", "-show_format", local_input(path)]
 
 
@@ -138,7 +138,7 @@ def parse_probe(meta: dict) -> VideoInfo:
         raise VideoError("video_error", "no video stream")
     s = streams[0]
     # The stream's own duration first: the container's also covers a longer audio track.
-    duration = _num(s.get("duration")) or _num(meta.get("format", {}).get("duration"))
+    duration = number(s.get("duration")) or number(meta.get("format", {}).get("duration"))
     if not duration or duration <= 0:
         raise VideoError("decode_error", "no duration")
     width, height = int(s.get("width") or 0), int(s.get("height") or 0)
@@ -146,11 +146,11 @@ def parse_probe(meta: dict) -> VideoInfo:
         raise VideoError("decode_error", "no frame size")
     if round(abs(_rotation(s))) % 180 == 90:  # ffmpeg auto-rotates the decoded frames too
         width, height = height, width
-    fps = _num(s.get("avg_frame_rate")) or _num(s.get("r_frame_rate")) or 0.0
+    fps = number(s.get("avg_frame_rate")) or number(s.get("r_frame_rate")) or 0.0
     return VideoInfo(duration, width, height, fps, str(s.get("codec_name", "")))
 
 
-def _num(value) -> float | None:
+def number(value) -> float | None:
     """'25/1', '7.000000', 7 -> float; missing, '0/0', 'N/A' or NaN -> None."""
     try:
         if isinstance(value, str) and "/" in value:
@@ -165,7 +165,7 @@ def _num(value) -> float | None:
 def _rotation(stream: dict) -> float:
     """Degrees of display rotation: side data (ffmpeg >= 5) or the legacy ``rotate`` tag."""
     sides = [d["rotation"] for d in stream.get("side_data_list") or [] if "rotation" in d]
-    return _num(sides[0] if sides else stream.get("tags", {}).get("rotate")) or 0.0
+    return number(sides[0] if sides else stream.get("tags", {}).get("rotate")) or 0.0
 
 
 def check_limits(info: VideoInfo, max_seconds: float, max_pixels: int) -> None:
@@ -224,7 +224,7 @@ def _ffmpeg_video(path: str, vf: str) -> list[str]:
     ``0:V`` (capital) skips cover-art streams. ``-fps_mode vfr``: otherwise raw/null output would
     duplicate selected frames to a constant rate.
     """
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", _LOGLEVEL, *_SAFE_INPUT,
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
             "-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
             "-fps_mode", "vfr"]
 
@@ -243,10 +243,10 @@ def parse_records(stderr: str, tag: str) -> list[tuple[float, float | None]]:
         body = m.group(2).strip()
         fm = _FRAME.match(body)
         if fm:
-            t = _num(fm.group(1))
+            t = number(fm.group(1))
             records.append((math.nan if t is None else t, None))
         elif body.startswith("lavfi.scene_score=") and records:
-            records[-1] = (records[-1][0], _num(body.split("=", 1)[1]))
+            records[-1] = (records[-1][0], number(body.split("=", 1)[1]))
     return records
 
 
@@ -317,15 +317,15 @@ def extract_keyframes(path: str, short_edge: int = 448, k: int = 8, scene_thresh
     if len(out) % size or len(records) < n:
         raise VideoError("decode_error", f"{len(out)} bytes / {len(records)} records for {w}x{h}")
     if n == 0:
-        raise VideoError("decode_error", _last_error(err) if _errors(err) else "no frames decoded")
+        raise VideoError("decode_error", last_error(err) if error_lines(err) else "no frames decoded")
     records = records[:n]  # the filter may log a frame or two past the -frames:v cap
     if any(math.isnan(t) for t, _ in records):
         raise VideoError("decode_error", "frame without timestamp")
     # A decode that logged errors and stopped short of the end is a truncated or corrupt file.
     end = records[-1][0]
-    if n < max_frames and _errors(err) and end < info.duration - 2 * interval - 1.0:
+    if n < max_frames and error_lines(err) and end < info.duration - 2 * interval - 1.0:
         raise VideoError("decode_error",
-                         f"decoded {end:.1f} s of {info.duration:.1f} s: {_last_error(err)}")
+                         f"decoded {end:.1f} s of {info.duration:.1f} s: {last_error(err)}")
     pixels = np.frombuffer(out, np.uint8).reshape(n, h, w, 3)
     # .copy(): the chosen frames must not keep the whole stdout buffer alive.
     return [Frame(records[i][0], kind, pixels[i].copy(), records[i][1])

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .schema import FRAME
-from .video import (_LOGLEVEL, _SAFE_INPUT, Frame, VideoError, check_limits, local_input,
+from .video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input,
                     output_size, popen, probe, run)
 
 _TAG = "smp"  # metadata filter instance whose log lines carry the per-frame pts
@@ -38,9 +38,26 @@ _PTS = re.compile(rf"^\[metadata@{_TAG} @ [^\]]*\] (?:\[\w+\] )?frame:\d+\s+pts:
 _EPS = 1e-3  # of a sampling period: a frame this close before a grid time counts as on it
 
 
-def _period(fps: float) -> Fraction:
-    """``fps`` as a small fraction (2.0 -> 2, 1/3 -> 1/3, 29.97 -> 2997/100)."""
+def grid_rate(fps: float) -> Fraction:
+    """``fps`` as a small fraction (2.0 -> 2, 1/3 -> 1/3, 29.97 -> 2997/100): the frame grid's rate,
+    exact in ffmpeg's select expressions (the one grid of preprocessing, serving and scans)."""
     return Fraction(fps).limit_denominator(1001)
+
+
+def grid_slot(t: float, fps: float, offset: float = 0.0) -> int:
+    """The grid slot of time ``t`` (+ ``offset`` s), exactly as :func:`grid_select` computes it."""
+    r = grid_rate(fps)
+    return math.floor((t + offset) * r.numerator / r.denominator + _EPS)
+
+
+def grid_select(fps: float, offset: float = 0.0) -> str:
+    """ffmpeg select: keep the first frame, then each frame that enters a new ``1/fps`` slot; slots
+    count from ``-ss`` (``t``) plus ``offset`` s (a chunk that starts at ``offset`` keeps the grid of
+    the whole video)."""
+    r = grid_rate(fps)
+    var = "%s" if not offset else f"(%s+{offset:.6f})"
+    slot = f"floor({var}*{r.numerator}/{r.denominator}+{_EPS:g})"
+    return f"if(isnan(prev_t),1,gt({slot % 't'},{slot % 'prev_t'}))"
 
 
 def _window(duration: float, fps: float, start: float | None, end: float | None
@@ -70,9 +87,7 @@ def sample_times(duration: float, fps: float, start: float | None = None,
 def select_expr(fps: float) -> str:
     """Keep the first frame, then each frame that enters a new ``1/fps`` slot (slots counted
     from the first timestamp 0, i.e. from ``-ss``)."""
-    r = _period(fps)
-    slot = f"floor(%s*{r.numerator}/{r.denominator}+{_EPS:g})"
-    return f"if(isnan(prev_t),1,gt({slot % 't'},{slot % 'prev_t'}))"
+    return grid_select(fps)
 
 
 def sample_cmd(path: str, out_w: int, out_h: int, fps: float, start: float | None = None,
@@ -92,7 +107,7 @@ def sample_cmd(path: str, out_w: int, out_h: int, fps: float, start: float | Non
     cap = ["-frames:v", str(max_frames)] if max_frames is not None else []
     vf = (f"select='{select_expr(fps)}',settb=AVTB,metadata=mode=add:key=sift:value=1,"
           f"metadata@{_TAG}=mode=print,scale={out_w}:{out_h}:flags=area,setsar=1,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", _LOGLEVEL, *_SAFE_INPUT,
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
             *seek, "-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
             "-fps_mode", "passthrough", *span, *cap, "-f", "rawvideo", "-pix_fmt", "rgb24",
             "pipe:1"]

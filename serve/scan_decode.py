@@ -17,17 +17,16 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
 
-from flows.video import _LOGLEVEL, _SAFE_INPUT, VideoError, _errors, _last_error, _num, local_input, popen
+from flows.video import LOGLEVEL, SAFE_INPUT, VideoError, error_lines, last_error, local_input, number, popen
+from flows.video_sample import grid_select, grid_slot
 
 from .scan_plan import Chunk
 
 TAG = "scan"  # metadata filter instance whose log lines carry pts + scene score
-EPS = 1e-3  # of a sampling period, as in flows.video_sample: a frame this close before a grid time is on it
 SPAN_MARGIN = 0.01  # s decoded past a chunk's end; the owner filter [start, end) drops the extra
 _RECORD = re.compile(rf"^\[metadata@{TAG} @ [^\]]*\] (?:\[\w+\] )?(.*)$")
 _PTS = re.compile(r"frame:\d+\s+pts:(\S+)")
@@ -69,23 +68,17 @@ class Decoded:
                                                               pa.py_buffer(self.pixels)])
 
 
-def _fps(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
-
-
 def slot(t: float, fps: float) -> int:
     """Grid slot of time ``t`` (s from the start of the video), exactly as the select computes it."""
-    r = _fps(fps)
-    return math.floor(t * r.numerator / r.denominator + EPS)
+    return grid_slot(t, fps)
 
 
 def select_expr(fps: float, seek: float, threshold: float, min_gap: float) -> str:
     """Keep a frame that starts a scene (score > ``threshold`` and at least ``min_gap`` s after the
     previous kept cut, remembered in ``st(0)``) or that enters a new grid slot. ``t`` counts from
     ``seek``; slots count from the start of the video (``t + seek``)."""
-    r, a = _fps(fps), f"{seek:.6f}"
-    sl = f"floor((%s+{a})*{r.numerator}/{r.denominator}+{EPS:g})"
-    grid = f"if(isnan(prev_t),1,gt({sl % 't'},{sl % 'prev_t'}))"
+    a = f"{seek:.6f}"
+    grid = grid_select(fps, offset=seek)
     cut = f"gt(scene,{threshold:g})*gte(t+{a}-ld(0),{min_gap:g})"
     return f"if({cut},st(0,t+{a})+1,{grid})"
 
@@ -109,7 +102,7 @@ def scan_cmd(path: str, width: int, height: int, fps: float, chunk: Chunk, thres
     vf = (f"select='{select_expr(fps, chunk.seek, threshold, min_gap)}',settb=AVTB,"
           f"metadata=mode=add:key=sift:value=1,metadata@{TAG}=mode=print,"
           f"scale={width}:{height}:flags=area,setsar=1,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", _LOGLEVEL, *_SAFE_INPUT,
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
             *(["-threads", str(threads)] if threads else []), *seek, "-i", local_input(path),
             "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
             "-fps_mode", "passthrough", *span, "-frames:v", str(max_frames(chunk, fps, min_gap)),
@@ -130,7 +123,7 @@ def parse_log(stderr: str) -> list[tuple[float, float]]:
             pts = fm.group(1)
             records.append((int(pts) / 1e6 if pts.lstrip("-").isdigit() else math.nan, 0.0))
         elif body.startswith("lavfi.scene_score=") and records:
-            records[-1] = (records[-1][0], _num(body.split("=", 1)[1]) or 0.0)
+            records[-1] = (records[-1][0], number(body.split("=", 1)[1]) or 0.0)
     return records
 
 
@@ -176,10 +169,10 @@ def decode_chunk(path: str, width: int, height: int, fps: float, chunk: Chunk, t
     frames = frames_of(out, parse_log(err), width, height, chunk, fps)
     expected = chunk.end - chunk.start >= 1.0 / fps
     if expected and not len(frames):
-        raise VideoError("decode_error", _last_error(err) if _errors(err) else "no frames decoded")
-    if _errors(err) and len(frames) and frames.t[-1] < chunk.end - max(1.0, 2.0 / fps):
+        raise VideoError("decode_error", last_error(err) if error_lines(err) else "no frames decoded")
+    if error_lines(err) and len(frames) and frames.t[-1] < chunk.end - max(1.0, 2.0 / fps):
         raise VideoError("decode_error",
-                         f"decoded to {frames.t[-1]:.1f} s of {chunk.end:.1f} s: {_last_error(err)}")
+                         f"decoded to {frames.t[-1]:.1f} s of {chunk.end:.1f} s: {last_error(err)}")
     return frames
 
 
@@ -221,7 +214,7 @@ def run_large(cmd: list[str], timeout: float, size_hint: int) -> tuple[memoryvie
         raise VideoError("video_error", f"{cmd[0]} timed out after {timeout:g} s")
     text = b"".join(err).decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise VideoError("video_error", _last_error(text) or f"{cmd[0]} exited {proc.returncode}")
+        raise VideoError("video_error", last_error(text) or f"{cmd[0]} exited {proc.returncode}")
     return memoryview(buf)[:n], text
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from flows.video import _SAFE_INPUT, VideoError, _num, local_input, run
+from flows.video import SAFE_INPUT, VideoError, local_input, number, run
 
 SEEK_PAST = 1e-3  # s after a keyframe: the demuxer's backward seek lands on that keyframe
 
@@ -26,7 +26,7 @@ class Chunk:
 
 def keyframes_cmd(path: str) -> list[str]:
     """ffprobe listing each video packet's pts and flags, and the container start time (CSV)."""
-    return ["ffprobe", "-hide_banner", "-loglevel", "error", *_SAFE_INPUT, "-select_streams", "V:0",
+    return ["ffprobe", "-hide_banner", "-loglevel", "error", *SAFE_INPUT, "-select_streams", "V:0",
             "-show_entries", "packet=pts_time,flags:format=start_time", "-of", "csv", local_input(path)]
 
 
@@ -37,9 +37,9 @@ def parse_keyframes(text: str) -> list[float]:
     for line in text.splitlines():
         parts = line.strip().split(",")
         if parts[0] == "format" and len(parts) > 1:
-            start = _num(parts[1]) or 0.0
+            start = number(parts[1]) or 0.0
         elif parts[0] == "packet" and len(parts) > 2 and "K" in parts[2]:
-            t = _num(parts[1])
+            t = number(parts[1])
             if t is not None:
                 times.append(t)
     return sorted(t - start for t in times)
