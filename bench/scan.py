@@ -3,7 +3,7 @@
 A generated 10-minute 1280x720 25 fps h264 video (x264 veryfast; testsrc2 / life / gradients /
 testsrc scenes in turn, a cut at every scene change; cached under .sift/bench/) is scanned at 2 fps
 in one run with each model, right after ffmpeg alone decodes the same sampled frames with the
-sampler's own command (``flows.video_sample.sample_cmd``: one pass, frames to /dev/null):
+sampler's own command (``flows.video.sample.sample_cmd``: one pass, frames to /dev/null):
 
     python bench/scan.py [--minutes 10] [--models tiny,b32] [key=value scan overrides ...]
 
@@ -122,7 +122,7 @@ def _timed(cmds: list[list[str]], parallel: int = 1) -> float:
 def ffmpeg_alone(video: Path, fps: float, short_edge: int) -> float:
     """Seconds for ffmpeg to decode the sampled frames, with the sampler's command (one pass)."""
     from flows.video import output_size, probe
-    from flows.video_sample import sample_cmd
+    from flows.video.sample import sample_cmd
 
     info = probe(str(video))
     return _timed([sample_cmd(str(video), *output_size(info.width, info.height, short_edge), fps)])
@@ -133,8 +133,8 @@ def decode_pass(video: Path, cfg, short_edge: int) -> float:
     ``decoders`` at a time as the scan runs them, output discarded): what the decode side costs
     without Ray or the model."""
     from flows.video import output_size, probe
-    from serve import scan_decode as sd
-    from serve import scan_plan as sp
+    from serve.scan import decode as sd
+    from serve.scan import plan as sp
 
     info = probe(str(video))
     w, h = output_size(info.width, info.height, short_edge)
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from flows.runtime import init_ray
     from flows.video import probe
-    from serve.batch_config import load_scan
-    from serve.scan import run
+    from serve.batch.config import load_scan
+    from serve.scan.job import run
 
     t = time.perf_counter()
     init_ray()  # first: training the tiny model would start it otherwise

@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 
 from flows.config import ConfigError, load_preprocess  # noqa: E402
 from flows.corpus import make_corpus  # noqa: E402
-from flows.corpus_draw import look_of  # noqa: E402
+from flows.corpus.draw import look_of  # noqa: E402
 from flows.runtime import quiet_env  # noqa: E402
 from train import calibrate, metrics  # noqa: E402
 from train.config import CONFIG_DIR, for_classes, load_train  # noqa: E402

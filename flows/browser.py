@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 from .fetch import FetchError, Fetcher
 
 if TYPE_CHECKING:
-    from .scrape_config import Recipe, ScrapeConfig
+    from flows.scrape.config import Recipe, ScrapeConfig
 
 
 # ---------------------------------------------------------------- the browser shell

@@ -19,7 +19,7 @@ COMMANDS = {
     "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
     "runs": ("train.runs", "compare MLflow runs: key metrics, differing params, a plot"),
     "serve": ("serve.main", "start the HTTP API on Ray Serve (batched, GPU when present)"),
-    "scan": ("serve.scan", "long videos -> cuts, scored frames, labelled segments, plot (+ --reel)"),
+    "scan": ("serve.scan.job", "long videos -> cuts, scored frames, labelled segments, plot (+ --reel)"),
     "predict": ("serve.predict", "a model over an image folder or parquet dataset -> one parquet (Ray Data)"),
     "classify": ("serve.client:classify_main", "classify files/folders via a server or locally"),
     "score-folder": ("serve.client:score_folder_main", "score a folder by one class, copy those in range"),

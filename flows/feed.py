@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .scrape_config import ScrapeConfig
+    from flows.scrape.config import ScrapeConfig
 
 
 

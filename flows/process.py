@@ -15,7 +15,7 @@ import pyarrow as pa
 from PIL import Image
 
 from . import images, spans, video
-from .video_sample import sample_frames
+from flows.video.sample import sample_frames
 from .config import PreprocessConfig
 from .schema import FRAME, IMAGE, THUMBNAIL
 from .validate import Reject, check, read_head, read_limited, sha256_file

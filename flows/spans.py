@@ -26,7 +26,7 @@ import json
 import math
 
 from .video import Frame
-from .video_sample import sample_frames
+from flows.video.sample import sample_frames
 
 _EPS = 1e-3  # s: a span starting this close to the end of the video holds no frame
 
@@ -146,7 +146,7 @@ def span_rate(length: float, fps: float, cap: int) -> float:
 
 def sample_span(path: str, span: dict, cfg) -> list[Frame]:
     """The frames of one merged span: the first real frame at or after each ``start + k/rate``,
-    inside ``[start, end)`` (see :func:`flows.video_sample.sample_frames`), at most
+    inside ``[start, end)`` (see :func:`flows.video.sample.sample_frames`), at most
     ``cfg.span_max_frames``. VideoError when the span cannot be decoded."""
     length = span["end"] - span["start"]
     frames = sample_frames(path, fps=span_rate(length, cfg.span_fps, cfg.span_max_frames),

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from flows.config import ConfigError, add_knobs_flag
 
 from .batch import ENCODED, SCORE, TAGS, check_budget, check_operating_point, prob_column, score, stream
-from .batch_config import PredictConfig, load_predict
+from serve.batch.config import PredictConfig, load_predict
 
 CARRY = ("id", "path", "kind", "timestamp", "split", "label_name")
 

@@ -115,7 +115,7 @@ def prepare_image(data: bytes, limits: Limits, short_edge: int) -> np.ndarray:
 
 def sampled_frames(path: str, fps: float, short_edge: int, cfg):
     """Frames sampled evenly at ``fps`` (the long-video sampler), within ``cfg``'s serving limits."""
-    from flows.video_sample import sample_frames
+    from flows.video.sample import sample_frames
 
     return sample_frames(path, fps=fps, short_edge=short_edge, timeout=cfg.request_timeout_s,
                          max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)

@@ -105,8 +105,8 @@ def test_each_default_is_written_once_on_its_field():
     """Loading a stage's config with no file and no override gives its dataclass's own defaults:
     there is no second place (a defaults YAML) where a default could drift."""
     from flows.config import PreprocessConfig, load_preprocess
-    from flows.scrape_config import ScrapeConfig, load_settings
-    from serve.batch_config import PredictConfig, ScanConfig, load_predict, load_scan
+    from flows.scrape.config import ScrapeConfig, load_settings
+    from serve.batch.config import PredictConfig, ScanConfig, load_predict, load_scan
     from serve.config import ServeConfig, load_serve
     from train.config import TrainConfig, load_train
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from flows.corpus import FORMATS, main, make_corpus, plan_labels
-from flows.corpus_video import write_video
-from flows.corpus_draw import render
+from flows.corpus.video import write_video
+from flows.corpus.draw import render
 from flows.schema import REJECT_REASONS
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")

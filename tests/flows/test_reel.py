@@ -1,4 +1,4 @@
-"""flows.reel and flows.reel_plan: pure planning and commands, then real ffmpeg on generated clips.
+"""flows.reel and flows.reel.plan: pure planning and commands, then real ffmpeg on generated clips.
 
 The main clip is 10 s at 25 fps of five solid colours, 2 s each, with a keyframe exactly at every
 colour change (and nowhere else) and B-frames, plus a sine audio track: so copy-exact cuts, the
@@ -15,8 +15,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from flows import reel, reel_plan
-from flows.reel_plan import Cut
+from flows import reel
+from flows.reel import plan as reel_plan
+from flows.reel.plan import Cut
 from flows.schema import REJECT_REASONS
 from flows.video import VideoError, probe
 

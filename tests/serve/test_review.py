@@ -92,7 +92,7 @@ def review(preprocessed, trained, tmp_path_factory):
     import uvicorn
 
     from serve.review import make
-    from serve.review_data import load_review
+    from serve.review.data import load_review
 
     _, data, _ = preprocessed
     db = tmp_path_factory.mktemp("review") / "labels.db"
@@ -135,7 +135,7 @@ def _client(review, token: str | None = TOKEN):
 @pytest.mark.slow
 def test_every_route_needs_the_token_and_bad_requests_are_clear_4xx(review):
     from flows.config import ConfigError
-    from serve.review_data import load_review
+    from serve.review.data import load_review
 
     anon, bad = _client(review, None), _client(review, "wrong")
     for path in ("/", "/api/queue", "/api/stats", f"/api/media/{review.data.items['id'].iat[0]}"):

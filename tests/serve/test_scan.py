@@ -18,12 +18,12 @@ import pytest
 
 from flows.config import ConfigError
 from flows.video import VideoError, output_size, probe, scene_cuts
-from flows.video_sample import sample_frames
-from serve import scan_decode as sd
-from serve.batch_config import load_scan
-from serve import scan_plan as sp
-from serve import scan_timeline as st
-from serve.scan import main, split_inputs, stems
+from flows.video.sample import sample_frames
+from serve.scan import decode as sd
+from serve.batch.config import load_scan
+from serve.scan import plan as sp
+from serve.scan import timeline as st
+from serve.scan.job import main, split_inputs, stems
 from tests.flows.test_video_clips import X264, _lavfi
 
 S = "320x180"
@@ -105,8 +105,8 @@ def test_decoded_frames_share_ffmpegs_buffer():
 
 
 def test_decode_workers_import_no_model_code():
-    # Ray imports serve.scan_decode in every decode worker: torch there cost ~1.3 CPU-s per worker
-    code = "import sys, serve.scan_decode; print(sorted({'torch', 'transformers', 'ultralytics'} & set(sys.modules)))"
+    # Ray imports serve.scan.decode in every decode worker: torch there cost ~1.3 CPU-s per worker
+    code = "import sys, serve.scan.decode; print(sorted({'torch', 'transformers', 'ultralytics'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "[]"
@@ -252,7 +252,7 @@ SMALL = ["max_actors=1", "actor_cpus=1", "threads=1"]
 
 
 def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips, tmp_path):
-    from serve.scan import make_reel
+    from serve.scan.job import make_reel
 
     out = tmp_path / "scan"
     args = [clips["gop25"], clips["corrupt"], "--output", str(out), clips["truncated"], "--model",

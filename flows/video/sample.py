@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .schema import FRAME
-from .video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input,
+from flows.schema import FRAME
+from flows.video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input,
                     output_size, popen, probe, run)
 
 _TAG = "smp"  # metadata filter instance whose log lines carry the per-frame pts

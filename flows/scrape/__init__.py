@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .browser import Browser
-from .config import ConfigError, add_knobs_flag
-from .feed import classify_remote, server_classes, write_feed
-from .fetch import Fetched, Fetcher, RateLimiter
-from .images import open_image, prepare
-from .scrape_config import Recipe, ScrapeConfig, for_classes, load_settings
-from .validate import Reject
+from flows.browser import Browser
+from flows.config import ConfigError, add_knobs_flag
+from flows.feed import classify_remote, server_classes, write_feed
+from flows.fetch import Fetched, Fetcher, RateLimiter
+from flows.images import open_image, prepare
+from flows.scrape.config import Recipe, ScrapeConfig, for_classes, load_settings
+from flows.validate import Reject
 
 # ---------------------------------------------------------------- pure core: bytes -> stored items
 
@@ -50,7 +50,7 @@ def media_items(got: Fetched, cfg: ScrapeConfig, page: str) -> list[dict]:
                  "ext": got.format}]
     from PIL import Image
 
-    from .video import extract_keyframes
+    from flows.video import extract_keyframes
 
     # ffmpeg reads only local files: a private temp dir (mode 0700), removed at once
     with tempfile.TemporaryDirectory(prefix="sift-scrape-") as tmp:
@@ -136,7 +136,7 @@ def scrape(urls: list[str], recipe: Recipe, cfg: ScrapeConfig, progress: bool = 
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from .runtime import init_ray
+    from flows.runtime import init_ray
 
     ray = init_ray()
     BrowserActor, HostGate = actor_classes()
@@ -248,8 +248,3 @@ def main(argv=None) -> int:
           f"in {time.perf_counter() - t0:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    from flows.cli import run_entry
-
-    raise SystemExit(run_entry(main, "scrape"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ReasonError
+from flows.errors import ReasonError
 
 # Demuxers for the containers in schema.VIDEO_EXTS (ffmpeg matches any comma-separated name).
 DEMUXERS = "mov,mp4,matroska,webm"

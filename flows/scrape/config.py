@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import CONFIG_DIR, ConfigError, explicit, knob, load, parse_overrides, replace
+from flows.config import CONFIG_DIR, ConfigError, explicit, knob, load, parse_overrides, replace
 
 RECIPES = CONFIG_DIR / "recipes"
 

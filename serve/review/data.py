@@ -17,7 +17,7 @@ import pandas as pd
 
 from flows.config import ConfigError, knob, load
 
-from .config import is_loopback
+from serve.config import is_loopback
 
 ITEM_COLUMNS = ["id", "group_id", "kind", "label", "pool", "split", "path", "timestamp", "source"]
 

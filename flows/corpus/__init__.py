@@ -7,7 +7,7 @@ folders look: a clean pool in the folders of the non-NEUTRAL classes (with a lit
 a noisy NEUTRAL folder that is a mixture of classes, and an unlabeled pool. Every item draws from
 its own RNG seeded by (seed, index), so the same arguments give byte-identical files with any
 number of workers. ``style`` changes the pictures' look and nothing else (same plan: paths, classes,
-pools and formats; see ``flows.corpus_draw``): style 0 is the original look, byte-identical for a
+pools and formats; see ``flows.corpus.draw``): style 0 is the original look, byte-identical for a
 seed, and a corpus in another style is a test of whether a model learned the cues or the look. Run
 ``python -m flows.corpus OUT --images N --videos M [--style S]`` (``sift make-corpus``) for the CLI.
 """
@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from flows.config import ConfigError
-from flows.corpus_draw import CLASSES, STYLES, encode, look_of, render
-from flows.corpus_video import write_video
+from flows.corpus.draw import CLASSES, STYLES, encode, look_of, render
+from flows.corpus.video import write_video
 from flows.schema import UNLABELED
 
 NEUTRAL = "NEUTRAL"  # the class whose folder is the noisy pool
@@ -240,8 +240,8 @@ def make_corpus(out: Path, images: int, videos: int, seed: int = 0, size: tuple[
 
     ``size`` (width, height) forces one image size; by default each image picks one of SIZES.
     ``workers`` > 1 renders in processes and gives the same bytes as ``workers=1``.
-    ``style`` (one of ``flows.corpus_draw.STYLES``) is the pictures' look; ConfigError for an unknown
-    one, or for videos in a style other than 0 (``flows.corpus_video`` draws its scenes in style 0
+    ``style`` (one of ``flows.corpus.draw.STYLES``) is the pictures' look; ConfigError for an unknown
+    one, or for videos in a style other than 0 (``flows.corpus.video`` draws its scenes in style 0
     only, and a "shifted" corpus whose videos are not shifted would mislead).
     """
     out, classes = Path(out), tuple(classes)
@@ -289,7 +289,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     """CLI: python -m flows.corpus OUT --images N --videos M --seed S ..."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sift make-corpus", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--videos", type=int, default=8)
@@ -312,8 +312,3 @@ def main(argv=None) -> int:
     print(f"wrote {summary['files']} files to {a.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    from flows.cli import run_entry
-
-    raise SystemExit(run_entry(main, "make-corpus"))

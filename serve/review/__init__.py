@@ -24,15 +24,15 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from flows.errors import HttpError
 from flows.labels import SKIP, LabelError, LabelStore, default_user
 
-from .queues import STRATEGIES, QueueError, match_reports, rank
-from .review_data import ReviewConfig, ReviewData, finite, load_review
+from serve.queues import STRATEGIES, QueueError, match_reports, rank
+from serve.review.data import ReviewConfig, ReviewData, finite, load_review
 
 COOKIE = "sift_review"
 
 
 def build_app(data: ReviewData, store: LabelStore, cfg: ReviewConfig, token: str) -> FastAPI:
     """The app over one dataset + predictions + store; ``token`` guards every route but preflights."""
-    from .review_page import PAGE
+    from serve.review.page import PAGE
 
     app = FastAPI(title="sift review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.data = store, data
@@ -235,7 +235,7 @@ def make(cfg: ReviewConfig) -> tuple[FastAPI, str, ReviewData]:
 
     from flows.runtime import state_dir
 
-    from .review_data import find_predictions
+    from serve.review.data import find_predictions
 
     preds = Path(cfg.predictions) if cfg.predictions else find_predictions(cfg.run, Path(cfg.data), state_dir())
     data = ReviewData(cfg.data, preds, cfg.max_frames)
@@ -267,8 +267,3 @@ def main(argv=None) -> int:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     return 0
 
-
-if __name__ == "__main__":
-    from flows.cli import run_entry
-
-    raise SystemExit(run_entry(main, "review"))

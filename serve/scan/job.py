@@ -2,12 +2,12 @@
 
     sift scan VIDEO... --output DIR [--model URI] [--fps 2] [--reel LABEL] [--no-overlay] [key=value ...]
 
-The driver validates and probes each video and plans its chunks (``serve.scan_plan``: about
+The driver validates and probes each video and plans its chunks (``serve.scan.plan``: about
 ``chunk_s`` s each, starting just after a keyframe). Ray Data then runs one decode task per chunk
 (one ffmpeg, seeking before its input: frames on the ``fps`` grid, the first frame of every scene,
 and the scene score of every decoded frame, in one pass) feeding an autoscaling pool of model actors
 (``serve.batch``: the model loaded once per actor, frames prepared as the API prepares them). Only
-scores come back to the driver, which builds each timeline (``serve.scan_timeline``) and writes
+scores come back to the driver, which builds each timeline (``serve.scan.timeline``) and writes
 
     DIR/<stem>.timeline.json   video, duration, fps, cuts, frames (t, kind, probs, label), segments, model
     DIR/<stem>.timeline.csv    one row per frame
@@ -35,11 +35,11 @@ from flows.config import ConfigError, add_knobs_flag, flat
 from flows.validate import Reject, check, read_head
 from flows.video import VideoError, check_limits, output_size, probe
 
-from .batch import RAW, SCORE, check_budget, check_operating_point, prob_column, score, stream
-from .batch_config import ScanConfig, load_scan
-from .scan_decode import decode_task
-from .scan_plan import keyframe_times, lead_for, plan_chunks
-from .scan_timeline import build, plot, span_lines, write_csv, write_json
+from serve.batch import RAW, SCORE, check_budget, check_operating_point, prob_column, score, stream
+from serve.batch.config import ScanConfig, load_scan
+from serve.scan.decode import decode_task
+from serve.scan.plan import keyframe_times, lead_for, plan_chunks
+from serve.scan.timeline import build, plot, span_lines, write_csv, write_json
 
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv")
 _IMAGES = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "ICO", "HEIF")
@@ -84,7 +84,7 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
     from flows.runtime import init_ray
     from train.artifact import META
 
-    from .predictor import resolve_model
+    from serve.predictor import resolve_model
 
     t0 = time.time()
     out = Path(out)
@@ -201,7 +201,7 @@ def split_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def export_spans(summary: dict, path: Path) -> int:
-    """The segments of every scanned video as span lines (``scan_timeline.span_lines``) in one JSONL;
+    """The segments of every scanned video as span lines (``serve.scan.timeline.span_lines``) in one JSONL;
     returns how many. Written whole to a temporary name, then renamed."""
     source = f"sift scan {summary['model']['name']}@{summary['model']['version']}"
     lines = [line for v in summary["videos"]
@@ -238,8 +238,3 @@ def main(argv=None) -> int:
         print(f"[scan] {export_spans(summary, Path(args.export_spans))} span lines -> {args.export_spans}")
     return 0 if summary["videos"] or not videos else 1
 
-
-if __name__ == "__main__":
-    from flows.cli import run_entry
-
-    raise SystemExit(run_entry(main, "scan"))

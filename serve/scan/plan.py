@@ -1,10 +1,10 @@
 """Where each decode task of ``sift scan`` starts and ends: chunks of a video, snapped to keyframes.
 
-Chunks make the decode parallel and seekable (``-ss`` before ``-i``, see ``flows.video_sample``).
+Chunks make the decode parallel and seekable (``-ss`` before ``-i``, see ``flows.video.sample``).
 A chunk starts just after a keyframe (from the packet index, no decode), so its seek lands on that
 keyframe and wastes nothing, and ``lead`` s later the chunk's own frames begin: the frames in
 between give its first frame a scene reference and a grid reference, so a cut or a grid time at a
-chunk boundary is seen exactly once (``serve.scan_decode``).
+chunk boundary is seen exactly once (``serve.scan.decode``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Highlight reels: cut the selected segments of a video and join them into one mp4 with ffmpeg.
 
 :func:`cut_reel` is the shell (``sift scan --reel LABEL`` calls it); the planning is pure
-(``flows.reel_plan``).
+(``flows.reel.plan``).
 
 1. *Inspect*: ffprobe the streams, then list the video packets (demuxing only): every frame time,
    the keyframes, and where the data really ends (packets stopping early: a truncated file).
@@ -35,9 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .reel_plan import Cut, Packets, merge_segments, parse_packets, plan_cuts
-from .validate import Reject, check, read_head
-from .video import (SAFE_INPUT, VideoError, VideoInfo, local_input, parse_probe, probe,
+from flows.reel.plan import Cut, Packets, merge_segments, parse_packets, plan_cuts
+from flows.validate import Reject, check, read_head
+from flows.video import (SAFE_INPUT, VideoError, VideoInfo, local_input, parse_probe, probe,
                     probe_cmd, run)
 
 COPY_CODECS = ("h264", "hevc")  # stream-copyable into mp4 and joinable by the concat demuxer

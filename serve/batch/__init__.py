@@ -24,7 +24,7 @@ import pyarrow as pa
 from flows.config import ConfigError
 from flows.validate import Reject, read_limited
 
-from .predictor import ApiError, Limits, prepare_image, sniff_kind
+from serve.predictor import ApiError, Limits, prepare_image, sniff_kind
 
 PIXELS = ("image", "frame")  # input columns dropped from the output
 RAW, ENCODED = "raw", "encoded"

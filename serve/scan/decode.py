@@ -1,10 +1,10 @@
-"""One ffmpeg pass per chunk of a video (``serve.scan_plan``): frames on a fixed time grid, scene
+"""One ffmpeg pass per chunk of a video (``serve.scan.plan``): frames on a fixed time grid, scene
 cuts, and the first frame of every scene, together.
 
 Why one pass: decoding is the cost (every frame of an h264 stream has to be decoded to get any of
 them), and the ``select`` filter computes the scene score of every decoded frame anyway when its
 expression uses ``scene``. So the expression keeps a frame when it enters a new ``1/fps`` slot (the
-grid of ``flows.video_sample``) *or* when it starts a scene, and the per-frame log carries the
+grid of ``flows.video.sample``) *or* when it starts a scene, and the per-frame log carries the
 score: cut times and keyframes come out of the same decode as the sampled frames. Slots are global
 (the slot of ``seek + t``), so a chunk's lead frames give its first frame a grid reference.
 
@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from flows.video import LOGLEVEL, SAFE_INPUT, VideoError, error_lines, last_error, local_input, number, popen
-from flows.video_sample import grid_select, grid_slot
+from flows.video.sample import grid_select, grid_slot
 
-from .scan_plan import Chunk
+from serve.scan.plan import Chunk
 
 TAG = "scan"  # metadata filter instance whose log lines carry pts + scene score
 SPAN_MARGIN = 0.01  # s decoded past a chunk's end; the owner filter [start, end) drops the extra

@@ -1,6 +1,6 @@
 """Short synthetic videos for the corpus: rendered scenes with hard cuts, encoded by ffmpeg.
 
-Each scene is one picture of its class (``flows.corpus_draw``) seen through a slowly panning and
+Each scene is one picture of its class (``flows.corpus.draw``) seen through a slowly panning and
 zooming window; ``flows.corpus`` plans which scenes each video gets and records the truth.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flows.corpus_draw import add_noise, render
+from flows.corpus.draw import add_noise, render
 
 
 def write_video(path: Path, scenes, size: tuple[int, int], fps: int, rng) -> dict:

@@ -1,0 +1,6 @@
+"""``python -m flows.scrape``: the same as ``sift scrape``."""
+from flows.cli import run_entry
+
+from flows.scrape import main
+
+raise SystemExit(run_entry(main, "scrape"))
