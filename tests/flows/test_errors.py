@@ -51,7 +51,7 @@ def test_library_code_never_raises_system_exit():
     """Only an entry point (``__main__.py``, an ``if __name__ == "__main__"`` block) may: library code
     raises SiftErrors."""
     offenders = []
-    for path in [*ROOT.glob("flows/*.py"), *ROOT.glob("train/*.py"), *ROOT.glob("serve/*.py")]:
+    for path in [*ROOT.glob("flows/**/*.py"), *ROOT.glob("train/**/*.py"), *ROOT.glob("serve/**/*.py")]:
         if path.name == "__main__.py":
             continue
         tree = ast.parse(path.read_text())
