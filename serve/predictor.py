@@ -17,7 +17,7 @@ from flows.errors import HttpError
 from flows.images import open_image, resize_short
 from flows.validate import Reject, check
 from train.artifact import META, SiftModel
-from train.timeline import aggregate, segments, smooth, video_label
+from serve.timeline import aggregate, segments, smooth, video_label
 
 # reject reason -> HTTP status: 413 too big, 415 not a supported medium, 422 undecodable, 400 else
 STATUS = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "video_too_long": 413, "video_too_big": 413,

@@ -31,7 +31,7 @@ SAFE_INPUT = ["-protocol_whitelist", "file,pipe", "-format_whitelist", DEMUXERS]
 LOGLEVEL = "repeat+level+info"
 _URLISH = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # "http:", "concat:", "subfile:", "file:" ...
 _RECORD = re.compile(r"^\[metadata@(\w+) @ [^\]]*\] (?:\[\w+\] )?(.*)$")
-_FRAME = re.compile(r"frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
+_FRAME = re.compile(r"frame:\d+\s+pts:(\S+)(?:\s+pts_time:(\S+))?")
 MIN_GAP = 0.5  # seconds: no two returned frames closer than this
 
 
@@ -229,6 +229,27 @@ def _ffmpeg_video(path: str, vf: str) -> list[str]:
             "-fps_mode", "vfr"]
 
 
+def log_record(line: str, tag: str) -> tuple[str, str, str] | None:
+    """One line of a ``metadata@<tag>=mode=print`` log (ffmpeg's per-frame record) ->
+    ("frame", pts, pts_time) for a record's first line (pts_time "" when not printed),
+    ("meta", key, value) for its ``key=value`` lines, None for any other line or tag. The one parser
+    of these logs: keyframes, sampling and scans read them through it."""
+    m = _RECORD.match(line)
+    if not m or m.group(1) != tag:
+        return None
+    body = m.group(2).strip()
+    fm = _FRAME.match(body)
+    if fm:
+        return "frame", fm.group(1), fm.group(2) or ""
+    key, sep, value = body.partition("=")
+    return ("meta", key, value) if sep else None
+
+
+def pts_seconds(pts: str, time_base: float = 1e-6) -> float:
+    """An integer ``pts`` string in ``time_base`` units -> seconds; NOPTS (not an integer) -> NaN."""
+    return int(pts) * time_base if pts.lstrip("-").isdigit() else math.nan
+
+
 def parse_records(stderr: str, tag: str) -> list[tuple[float, float | None]]:
     """``metadata@<tag>=mode=print`` log -> [(pts_time s, scene score or None)] in output order.
 
@@ -237,16 +258,14 @@ def parse_records(stderr: str, tag: str) -> list[tuple[float, float | None]]:
     """
     records: list[tuple[float, float | None]] = []
     for line in stderr.splitlines():
-        m = _RECORD.match(line)
-        if not m or m.group(1) != tag:
+        rec = log_record(line, tag)
+        if rec is None:
             continue
-        body = m.group(2).strip()
-        fm = _FRAME.match(body)
-        if fm:
-            t = number(fm.group(1))
+        if rec[0] == "frame":
+            t = number(rec[2])
             records.append((math.nan if t is None else t, None))
-        elif body.startswith("lavfi.scene_score=") and records:
-            records[-1] = (records[-1][0], number(body.split("=", 1)[1]))
+        elif rec[1] == "lavfi.scene_score" and records:
+            records[-1] = (records[-1][0], number(rec[2]))
     return records
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import queue
-import re
 import subprocess
 import threading
 import time
@@ -30,11 +29,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from flows.schema import FRAME
-from flows.video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input,
-                    output_size, popen, probe, run)
+from flows.video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input, log_record,
+                         output_size, popen, probe, pts_seconds, run)
 
 _TAG = "smp"  # metadata filter instance whose log lines carry the per-frame pts
-_PTS = re.compile(rf"^\[metadata@{_TAG} @ [^\]]*\] (?:\[\w+\] )?frame:\d+\s+pts:(\S+)")
 _EPS = 1e-3  # of a sampling period: a frame this close before a grid time counts as on it
 
 
@@ -241,10 +239,9 @@ class _Log:
         try:
             for raw in stream:
                 line = raw.decode("utf-8", "replace").rstrip()
-                m = _PTS.match(line)
-                if m:
-                    pts = m.group(1)
-                    times.put(int(pts) / 1e6 if pts.lstrip("-").isdigit() else math.nan)
+                rec = log_record(line, _TAG)
+                if rec is not None and rec[0] == "frame":
+                    times.put(pts_seconds(rec[1]))
                 elif "[error]" in line or "[fatal]" in line:
                     self.errors += 1
                     self.error_lines.append(line)

@@ -14,22 +14,20 @@ stays free of torch and the model code.
 from __future__ import annotations
 
 import math
-import re
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from flows.video import LOGLEVEL, SAFE_INPUT, VideoError, error_lines, last_error, local_input, number, popen
+from flows.video import (LOGLEVEL, SAFE_INPUT, VideoError, error_lines, last_error, local_input, log_record, number,
+                         popen, pts_seconds)
 from flows.video.sample import grid_select, grid_slot
 
 from serve.scan.plan import Chunk
 
 TAG = "scan"  # metadata filter instance whose log lines carry pts + scene score
 SPAN_MARGIN = 0.01  # s decoded past a chunk's end; the owner filter [start, end) drops the extra
-_RECORD = re.compile(rf"^\[metadata@{TAG} @ [^\]]*\] (?:\[\w+\] )?(.*)$")
-_PTS = re.compile(r"frame:\d+\s+pts:(\S+)")
 DECODED = pa.schema([("video", pa.int32()), ("t", pa.float64()), ("score", pa.float64()),
                      ("grid", pa.bool_()), ("frame", pa.large_binary()), ("height", pa.int32()),
                      ("width", pa.int32()), ("error", pa.string()), ("detail", pa.string())])
@@ -114,16 +112,13 @@ def parse_log(stderr: str) -> list[tuple[float, float]]:
     A pts that is not an integer (NOPTS) becomes NaN."""
     records: list[tuple[float, float]] = []
     for line in stderr.splitlines():
-        m = _RECORD.match(line)
-        if not m:
+        rec = log_record(line, TAG)
+        if rec is None:
             continue
-        body = m.group(1).strip()
-        fm = _PTS.match(body)
-        if fm:
-            pts = fm.group(1)
-            records.append((int(pts) / 1e6 if pts.lstrip("-").isdigit() else math.nan, 0.0))
-        elif body.startswith("lavfi.scene_score=") and records:
-            records[-1] = (records[-1][0], number(body.split("=", 1)[1]) or 0.0)
+        if rec[0] == "frame":
+            records.append((pts_seconds(rec[1]), 0.0))
+        elif rec[1] == "lavfi.scene_score" and records:
+            records[-1] = (records[-1][0], number(rec[2]) or 0.0)
     return records
 
 

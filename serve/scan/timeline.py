@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from train.metrics import predict_with_thresholds
-from train.timeline import segments, smooth
+from serve.timeline import segments, smooth
 
 FRAME, KEYFRAME = "frame", "keyframe"  # a grid sample / the first frame of a scene (at a cut)
 

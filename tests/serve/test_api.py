@@ -104,7 +104,7 @@ def test_video_gives_frames_timeline_and_a_label(api, trained, tmp_path):
     assert body["aggregate"] == "mean"
     # the label is the serving rule on the mean of the returned frame probabilities
     from train.artifact import SiftModel
-    from train.timeline import video_label
+    from serve.timeline import video_label
 
     model = SiftModel(trained["model"])
     p = np.array([[f["probs"][c] for c in model.classes] for f in body["frames"]])

@@ -1,8 +1,8 @@
-"""Video-level labels from hand-made frame timelines (train/timeline.py)."""
+"""Video-level labels from hand-made frame timelines (serve/timeline.py)."""
 import numpy as np
 import pytest
 
-from train.timeline import aggregate, segments, smooth, video_label
+from serve.timeline import aggregate, segments, smooth, video_label
 
 BAD, NEUTRAL, GOOD = range(3)
 EQUAL = [1 / 3] * 3

@@ -52,7 +52,7 @@ def video_label(probs: np.ndarray, smoothed: np.ndarray, thresholds, how: str = 
     every other: one flagged scene is enough to flag the video. ``mean`` / ``topk``: the serving
     rule on the aggregated scores (:func:`aggregate`), a whole-video impression.
     """
-    from .metrics import predict_with_thresholds
+    from train.metrics import predict_with_thresholds
 
     if len(probs) == 0:
         raise ValueError("no frames to aggregate")
