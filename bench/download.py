@@ -1,5 +1,5 @@
 """Manifest URL lists: an img2dataset-style list of N URLs (default 10,000) on a loopback server,
-fetched by ``flows.download`` (the guarded downloader), then the same list again (the resume path),
+fetched by ``flows.ingest.download`` (the guarded downloader), then the same list again (the resume path),
 side by side in one run.
 
 Prints URLs/s for the first pass at 1 and at ``--threads`` download threads, the second (resumed)
@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.config import load_preprocess  # noqa: E402
-from flows.download import fetch_items  # noqa: E402
-from flows.ingest import discover  # noqa: E402
+from flows.core.config import load_preprocess  # noqa: E402
+from flows.ingest.download import fetch_items  # noqa: E402
+from flows.ingest.inputs import discover  # noqa: E402
 
 
 def _jpegs(n: int = 64) -> list[bytes]:

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 
 quiet_env()  # before Ray is imported (RAY_DATA_USE_DATASOURCE_V2=0, no usage stats)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars (actors inherit it)
@@ -83,9 +83,9 @@ def steady(workers: list[list[tuple[float, float, int]]]) -> tuple[float, float]
 
 def prepare(work: Path, n: int, w: int, h: int) -> Path:
     """Generate the corpus and preprocess it once; returns the parquet folder (reused if present)."""
-    from flows.config import load_preprocess
+    from flows.core.config import load_preprocess
     from flows.corpus import make_corpus
-    from flows.preprocess import run
+    from flows.ingest.preprocess import run
 
     corpus, out = work / f"corpus-{n}-{w}x{h}", work / f"pre-{n}-{w}x{h}"
     if (out / "manifest.json").exists():
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir or Path(tempfile.gettempdir()) / "sift-bench-embed")
     work.mkdir(parents=True, exist_ok=True)
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
     from train.model import load_backbone, resolve_backbone
 
     t = start = time.time()

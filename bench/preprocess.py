@@ -1,8 +1,8 @@
 """Preprocessing throughput and memory: the Ray flow vs a single-process Pillow loop, same run.
 
-Both sides do the same work on the same files with the same code (flows.process.process_batch for
-read/validate/decode/resize/budget-encode/hash, flows.manifest.decide for duplicates and splits,
-parquet out). The Ray side runs the real `flows.preprocess.run` on a local Ray with 2 CPUs.
+Both sides do the same work on the same files with the same code (flows.ingest.process.process_batch for
+read/validate/decode/resize/budget-encode/hash, flows.ingest.manifest.decide for duplicates and splits,
+parquet out). The Ray side runs the real `flows.ingest.preprocess.run` on a local Ray with 2 CPUs.
 Peak memory is the proportional set size (PSS) summed over this process and all its children
 (Ray's raylet and workers), sampled every 0.2 s in a separate untimed run (sampling is not free;
 each Ray one on a fresh Ray), so shared object-store pages are not counted twice.
@@ -33,13 +33,13 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.config import load_preprocess  # noqa: E402
+from flows.core.config import load_preprocess  # noqa: E402
 from flows.corpus import make_corpus  # noqa: E402
-from flows import labelset  # noqa: E402
-from flows.ingest import discover  # noqa: E402
-from flows.manifest import decide  # noqa: E402
-from flows.process import process_batch  # noqa: E402
-from flows.schema import COLUMNS  # noqa: E402
+from flows.core import labelset  # noqa: E402
+from flows.ingest.inputs import discover  # noqa: E402
+from flows.ingest.manifest import decide  # noqa: E402
+from flows.ingest.process import process_batch  # noqa: E402
+from flows.core.schema import COLUMNS  # noqa: E402
 
 
 def _pss(pid: int) -> int:
@@ -112,7 +112,7 @@ def single_process(corpus: Path, out: Path, cfg) -> float:
 
 def one_run(name: str, corpus: Path, out: Path, cfg) -> float:
     """One fresh run of one side into an emptied ``out``; returns seconds."""
-    from flows.preprocess import run
+    from flows.ingest.preprocess import run
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -154,10 +154,10 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sift-bench-"))
     cfg = load_preprocess(None, ["min_actors=2", "max_actors=2", "video_keyframes=4"])
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
     t = time.time()
-    init_ray()  # the default local Ray: 2 logical CPUs per core (see flows/runtime.py)
+    init_ray()  # the default local Ray: 2 logical CPUs per core (see flows/core/runtime.py)
     print(f"ray.init: {time.time() - t:.1f} s (not counted below)")
     results = {}
     sizes = sorted({args.small, args.images})

@@ -3,7 +3,7 @@
 A generated 10-minute 1280x720 25 fps h264 video (x264 veryfast; testsrc2 / life / gradients /
 testsrc scenes in turn, a cut at every scene change; cached under .sift/bench/) is scanned at 2 fps
 in one run with each model, right after ffmpeg alone decodes the same sampled frames with the
-sampler's own command (``flows.video.sample.sample_cmd``: one pass, frames to /dev/null):
+sampler's own command (``flows.media.video.sample.sample_cmd``: one pass, frames to /dev/null):
 
     python bench/scan.py [--minutes 10] [--models tiny,b32] [key=value scan overrides ...]
 
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 
 quiet_env()
 
@@ -83,9 +83,9 @@ def tiny_model() -> Path:
     if done.exists():
         return Path(json.loads(done.read_text())["model"])
     os.environ["SIFT_HOME"] = str(home)
-    from flows.config import load_preprocess
+    from flows.core.config import load_preprocess
     from flows.corpus import make_corpus
-    from flows.preprocess import run as preprocess
+    from flows.ingest.preprocess import run as preprocess
     from train.config import CONFIG_DIR, load_train
     from train.main import run as train
 
@@ -121,8 +121,8 @@ def _timed(cmds: list[list[str]], parallel: int = 1) -> float:
 
 def ffmpeg_alone(video: Path, fps: float, short_edge: int) -> float:
     """Seconds for ffmpeg to decode the sampled frames, with the sampler's command (one pass)."""
-    from flows.video import output_size, probe
-    from flows.video.sample import sample_cmd
+    from flows.media.video import output_size, probe
+    from flows.media.video.sample import sample_cmd
 
     info = probe(str(video))
     return _timed([sample_cmd(str(video), *output_size(info.width, info.height, short_edge), fps)])
@@ -132,9 +132,9 @@ def decode_pass(video: Path, cfg, short_edge: int) -> float:
     """Seconds for the scan's own ffmpeg commands (grid + scene scores + keyframes, every chunk,
     ``decoders`` at a time as the scan runs them, output discarded): what the decode side costs
     without Ray or the model."""
-    from flows.video import output_size, probe
-    from serve.scan import decode as sd
-    from serve.scan import plan as sp
+    from flows.media.video import output_size, probe
+    from serve.offline.scan import decode as sd
+    from serve.offline.scan import plan as sp
 
     info = probe(str(video))
     w, h = output_size(info.width, info.height, short_edge)
@@ -150,10 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="tiny,b32", help="comma-separated: tiny, b32")
     ap.add_argument("overrides", nargs="*", help="key=value scan config overrides")
     args = ap.parse_args(argv)
-    from flows.runtime import init_ray
-    from flows.video import probe
-    from serve.batch.config import load_scan
-    from serve.scan.job import run
+    from flows.core.runtime import init_ray
+    from flows.media.video import probe
+    from serve.offline.batch.config import load_scan
+    from serve.offline.scan.job import run
 
     t = time.perf_counter()
     init_ray()  # first: training the tiny model would start it otherwise

@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
     init_ray()
     with tempfile.TemporaryDirectory(prefix="sift-bench-site-") as tmp:

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 
 quiet_env()
 
@@ -126,8 +126,8 @@ def main(argv=None) -> int:
     import ray
     from ray import serve
 
-    from flows.runtime import init_ray
-    from serve.app import build_app
+    from flows.core.runtime import init_ray
+    from serve.api.app import build_app
     from serve.config import load_serve
     from serve.main import serving_env
 

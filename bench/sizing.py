@@ -3,7 +3,7 @@
 One local Ray (started once, 2 logical CPUs per core as everywhere in sift), four stages, each
 measured twice with the same code on the same data:
 
-  preprocessing  ``flows.preprocess.run`` with the actor pool pinned to 1 actor, then 2 actors
+  preprocessing  ``flows.ingest.preprocess.run`` with the actor pool pinned to 1 actor, then 2 actors
                  (1 CPU each), on generated 1280x720 images; items/s = inputs / total seconds from
                  manifest.json (end to end: actor start-up, the pool, dedupe/split and the final write).
   embedding      the embedding cache's ``Embedder`` in a Ray Data pool (``bench/embed.py ray_data``):
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 
 quiet_env()  # before Ray is imported
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -72,9 +72,9 @@ def load1() -> float:
 # -- preprocessing ----------------------------------------------------------------------------------
 
 def preprocessing(work: Path, n: int, size: tuple[int, int]) -> tuple[dict, Path]:
-    from flows.config import load_preprocess
+    from flows.core.config import load_preprocess
     from flows.corpus import make_corpus
-    from flows.preprocess import run
+    from flows.ingest.preprocess import run
 
     corpus = work / f"corpus-{n}-{size[0]}x{size[1]}"
     if not (corpus / "_meta" / "corpus.json").exists():
@@ -122,9 +122,9 @@ def embedding(data: Path, backbone_dir: str, batch: int) -> dict:
 
 def training_data(work: Path, n: int) -> Path:
     """A corpus of small images with a large unlabeled pool, preprocessed once (reused)."""
-    from flows.config import load_preprocess
+    from flows.core.config import load_preprocess
     from flows.corpus import make_corpus
-    from flows.preprocess import run
+    from flows.ingest.preprocess import run
 
     corpus, out = work / f"train-corpus-{n}", work / f"train-data-{n}"
     if (out / "manifest.json").exists():
@@ -300,13 +300,13 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["SIFT_HOME"] = str(work / "home")  # MLflow store, caches, runs: kept out of ./.sift
 
-    from flows.runtime import init_ray, local_cpus
+    from flows.core.runtime import init_ray, local_cpus
     from train.model import resolve_backbone
 
     start = time.time()
     loads = [load1()]
     log(f"workdir {work}; load {loads[0]} on {os.cpu_count()} cores; params {p}")
-    ray = init_ray()  # 2 logical CPUs per core (flows/runtime.py); reused by every stage
+    ray = init_ray()  # 2 logical CPUs per core (flows/core/runtime.py); reused by every stage
     ray.data.DataContext.get_current().enable_progress_bars = False
     log(f"ray.init done ({time.time() - start:.1f} s, {ray.cluster_resources().get('CPU')} CPUs)")
     results, timing = {}, {}

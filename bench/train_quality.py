@@ -4,7 +4,7 @@ What it measures. A train corpus in style 0 (``flows.corpus.make_corpus``: 10% c
 flipped, a NEUTRAL noisy pool mixed 65/30/5 NEUTRAL/BAD/GOOD, the rest unlabeled) and a test corpus
 of other items drawn in another style (``--style-test``, default 1: same class cues, other palettes,
 backgrounds, faces, text, marks, pages and frames) both go through sift's own preprocessing
-(``flows.preprocess.run``); sift's own ``train.main.run`` trains on the first, tracked in a temporary
+(``flows.ingest.preprocess.run``); sift's own ``train.main.run`` trains on the first, tracked in a temporary
 MLflow store (and a temporary SIFT_HOME, so no label store or cache of the checkout leaks in). Arms
 differ by ONE change each, cumulatively, and share the embedding cache, the steps and the seed:
 
@@ -59,10 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from flows.config import ConfigError, load_preprocess  # noqa: E402
+from flows.core.config import ConfigError, load_preprocess  # noqa: E402
 from flows.corpus import make_corpus  # noqa: E402
 from flows.corpus.draw import look_of  # noqa: E402
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 from train import calibrate, metrics  # noqa: E402
 from train.config import CONFIG_DIR, for_classes, load_train  # noqa: E402
 
@@ -130,7 +130,7 @@ def check_args(a: argparse.Namespace) -> None:
 
 def build_data(work: Path, a: argparse.Namespace) -> dict:
     """Both corpora and their preprocessing (skipped where a previous run in ``work`` left them)."""
-    from flows.preprocess import run as preprocess
+    from flows.ingest.preprocess import run as preprocess
 
     out = {}
     for name, images, seed, style in (("train", a.images, TRAIN_SEED, 0),

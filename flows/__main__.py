@@ -1,3 +1,3 @@
-from .cli import main
+from flows.core.cli import main
 
 raise SystemExit(main())

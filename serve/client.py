@@ -15,9 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from flows.config import ConfigError
-from flows.errors import SiftError
-from flows.schema import IMAGE_EXTS, VIDEO_EXTS
+from flows.core.config import ConfigError
+from flows.core.errors import SiftError
+from flows.core.schema import IMAGE_EXTS, VIDEO_EXTS
 
 
 def media_files(paths: list[str]) -> list[Path]:
@@ -62,7 +62,7 @@ class Local:
         """``overrides``: serve-config ``key=value`` pairs, e.g. the operating point (threshold_BAD=0.6)."""
         from serve.config import load_serve
 
-        from .predictor import Limits, Predictor, resolve_model
+        from serve.predictor import Limits, Predictor, resolve_model
 
         self.cfg = load_serve(overrides=overrides)
         path, name, version = resolve_model(model, tracking_uri)
@@ -70,7 +70,7 @@ class Local:
         self.predictor = Predictor(path, name, version, operating_point=self.cfg.operating_point())
 
     def classify(self, path: Path, tiles: int = 1) -> dict:
-        from .predictor import ApiError, prepare_image
+        from serve.predictor import ApiError, prepare_image
 
         data = path.read_bytes()
         try:
@@ -85,7 +85,7 @@ class Local:
         """The server's video path (``predictor.video_frames``: the same limits, the same statuses)."""
         import numpy as np
 
-        from .predictor import video_frames
+        from serve.predictor import video_frames
 
         v = video_frames(str(path), self.predictor.model.short_edge, self.cfg.video_fps, self.cfg)
         res = self.predictor.classify(v["frames"])
@@ -104,7 +104,7 @@ class Prompts:
         from train.model import resolve_backbone
         from train.zeroshot import ZeroShot, parse_prompts
 
-        from .predictor import Limits
+        from serve.predictor import Limits
 
         self.limits = Limits.of(load_serve())
         self.zs = ZeroShot(resolve_backbone(model, state_dir()), parse_prompts(prompts))
@@ -112,7 +112,7 @@ class Prompts:
     def classify(self, path: Path, tiles: int = 1) -> dict:
         from PIL import Image
 
-        from .predictor import ApiError, prepare_image
+        from serve.predictor import ApiError, prepare_image
 
         if path.suffix.lower() in VIDEO_EXTS:
             return {"status": 415, "error": {"code": "unsupported_format", "message": "--prompts takes images"}}

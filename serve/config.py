@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Iterable
 
-from flows.config import build, knob, load
+from flows.core.config import build, knob, load
 from train.decision import OperatingPointKnobs
 
 

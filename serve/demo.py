@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     import httpx
     from ray import serve
 
-    from .config import load_serve
-    from .main import start
+    from serve.config import load_serve
+    from serve.main import start
 
     truth = ground_truth(Path(args.data))
     items, video = held_out(Path(args.data), args.n, truth)

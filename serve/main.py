@@ -11,9 +11,9 @@ import os
 import signal
 import time
 
-from flows.config import add_knobs_flag
+from flows.core.config import add_knobs_flag
 
-from .config import load_serve
+from serve.config import load_serve
 
 
 def serving_env() -> None:
@@ -31,9 +31,9 @@ def start(cfg, blocking: bool = False):
     """Start Serve's HTTP proxy on cfg.host:cfg.port and deploy the app; returns the handle."""
     from ray import serve
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
-    from .app import build_app
+    from serve.api.app import build_app
 
     serving_env()
     init_ray()
@@ -68,6 +68,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "serve"))

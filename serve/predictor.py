@@ -1,6 +1,6 @@
 """The serving core without Ray: resolve a model, validate input, classify images and videos.
 
-The HTTP app (``serve/app.py``) and the local client (``sift classify`` without ``--server``) both
+The HTTP app (``serve/api/app.py``) and the local client (``sift classify`` without ``--server``) both
 use this, so a request means the same thing whether it goes over HTTP or not.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flows.config import ConfigError
-from flows.errors import HttpError
-from flows.images import open_image, resize_short
-from flows.validate import Reject, check
+from flows.core.config import ConfigError
+from flows.core.errors import HttpError
+from flows.media.images import open_image, resize_short
+from flows.media.validate import Reject, check
 from train.artifact import META, SiftModel
 from serve.timeline import aggregate, segments, smooth, video_label
 
@@ -115,7 +115,7 @@ def prepare_image(data: bytes, limits: Limits, short_edge: int) -> np.ndarray:
 
 def sampled_frames(path: str, fps: float, short_edge: int, cfg):
     """Frames sampled evenly at ``fps`` (the long-video sampler), within ``cfg``'s serving limits."""
-    from flows.video.sample import sample_frames
+    from flows.media.video.sample import sample_frames
 
     return sample_frames(path, fps=fps, short_edge=short_edge, timeout=cfg.request_timeout_s,
                          max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)
@@ -126,7 +126,7 @@ def video_frames(path: str, short_edge: int, fps: float, cfg) -> dict:
     sampled at ``fps``, within ``cfg``'s serving limits (length, pixels, time). The one video path of
     the server and of ``sift classify``'s local mode: a VideoError becomes an ApiError with the status
     the API answers (413 for too long / too big, 422 otherwise)."""
-    from flows import video as v
+    from flows.media import video as v
 
     try:
         info = v.probe(path, timeout=30)

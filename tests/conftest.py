@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flows.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env  # noqa: E402
 
 quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
 
@@ -30,7 +30,7 @@ def _mlflow_uri_stays_put():
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray shared by the whole session (ray.init costs ~7 s here)."""
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
     ray = init_ray()
     yield ray
@@ -53,9 +53,9 @@ def sift_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def preprocessed(tmp_path_factory, ray_session):
     """A small generated corpus, preprocessed once: ``(corpus_dir, data_dir, manifest)``."""
-    from flows.config import load_preprocess
+    from flows.core.config import load_preprocess
     from flows.corpus import make_corpus
-    from flows.preprocess import run
+    from flows.ingest.preprocess import run
 
     root = tmp_path_factory.mktemp("prep")
     make_corpus(root / "corpus", images=120, videos=2, seed=7, workers=1, progress=False)

@@ -52,7 +52,7 @@ def test_token_auth_project_install_and_mlflow_on_the_head(cfg):
 
 
 def test_every_job_in_the_readme_is_a_sift_subcommand():
-    from flows.cli import COMMANDS
+    from flows.core.cli import COMMANDS
 
     jobs = re.findall(r"ray job submit\b[^\n`]*?-- sift ([a-z-]+)", (ROOT / "README.md").read_text())
     assert {"preprocess", "train", "predict", "scan"} <= set(jobs), jobs

@@ -9,7 +9,7 @@
     ARTIFACT/faces/<weights>   the detector weights, copied so the artifact stands alone
 
 Serving, batch prediction and ``sift classify`` all call :class:`SiftModel`, which prepares images
-exactly as training did (``flows.images`` then ``train.transforms``) and writes nothing.
+exactly as training did (``flows.media.images`` then ``train.transforms``) and writes nothing.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flows.images import open_image, resize_short
+from flows.media.images import open_image, resize_short
 
 from .colour import ColourStats
 from .decision import Decision

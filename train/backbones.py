@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from flows.errors import SiftError
+from flows.core.errors import SiftError
 
 from .transforms import CLIP_MEAN, CLIP_STD, Preproc
 

@@ -62,7 +62,7 @@ class Embedder:
         out = {k: batch[k] for k in KEEP if k in batch}
         out["emb"] = self.embed(squares, ids)
         if self.detector is not None:
-            from flows.images import decode_rgb_array
+            from flows.media.images import decode_rgb_array
 
             out["face"] = self.detector.features([decode_rgb_array(b) for b in images])
         else:

@@ -5,8 +5,8 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable
 
-from flows.config import ConfigError, explicit, flat, knob, load, replace
-from flows.runtime import state_dir
+from flows.core.config import ConfigError, explicit, flat, knob, load, replace
+from flows.core.runtime import state_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

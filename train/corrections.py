@@ -1,4 +1,4 @@
-"""Human corrections from the label store (:mod:`flows.labels`) applied to the items a run trains on.
+"""Human corrections from the label store (:mod:`flows.core.labels`) applied to the items a run trains on.
 
 Why here and not in ``sift preprocess``: preprocessing is the expensive pass and its output is the
 cache key of the embedding cache; a correction only changes two small columns (``label``, ``pool``),
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 
 CLEAN = "clean"
 
@@ -125,7 +125,7 @@ def metrics(summary: dict) -> dict[str, float]:
 def load(cfg, classes: list[str]) -> Corrections | None:
     """The store named by ``labels_db`` (else ``$SIFT_HOME/labels.db`` when it exists), or None when
     corrections are off or there is no store."""
-    from flows.labels import LabelStore, default_path
+    from flows.core.labels import LabelStore, default_path
 
     if not cfg.use_corrections:
         return None

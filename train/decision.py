@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from flows.config import knob
+from flows.core.config import knob
 
 
 def decide(probs, thresholds: Sequence[float], *, fallback: int | None = None, positive: int | None = None,

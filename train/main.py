@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import torch
 
-from flows.config import ConfigError, add_knobs_flag
-from flows.errors import SiftError
-from flows.runtime import init_ray
+from flows.core.config import ConfigError, add_knobs_flag
+from flows.core.errors import SiftError
+from flows.core.runtime import init_ray
 
 from .augment import augment_kwargs
 from .config import for_classes, load_train, state_dir
@@ -261,6 +261,6 @@ def tracking_uri_hint() -> str:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "train"))

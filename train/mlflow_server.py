@@ -56,6 +56,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "mlflow-server"))

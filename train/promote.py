@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.errors import SiftError
+from flows.core.errors import SiftError
 
 from .config import load_train
 from .tracking import promote, use
@@ -41,6 +41,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "promote"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.errors import SiftError
+from flows.core.errors import SiftError
 
 from .config import load_train, state_dir
 from .metrics import metric_name
@@ -107,6 +107,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "runs"))

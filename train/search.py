@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from flows.config import ConfigError, knob
+from flows.core.config import ConfigError, knob
 
 from .config import CONFIG_DIR, TrainConfig
 

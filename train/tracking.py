@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.errors import SiftError
+from flows.core.errors import SiftError
 
 from .config import state_dir
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.config import add_knobs_flag, build, parse_overrides
-from flows.errors import SiftError
+from flows.core.config import add_knobs_flag, build, parse_overrides
+from flows.core.errors import SiftError
 
 from . import search
 from .config import for_classes, load_train, state_dir
@@ -218,7 +218,7 @@ def execute(p: Plan, tracking_uri: str | None = None, num_cpus: int | None = Non
     candidate. Returns a summary."""
     import ray
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
     from . import tracking
 
@@ -271,6 +271,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     raise SystemExit(run_entry(main, "tune"))

@@ -189,7 +189,7 @@ def _report(report, model, teacher, opt, state, rank):
 
 
 def _start_run(ctx: RunContext):
-    from flows.config import flat
+    from flows.core.config import flat
 
     from . import tracking
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 
 
 def has_text_tower(model: str) -> bool:

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 from flows.corpus.draw import CLASSES, STYLES, encode, look_of, render
 from flows.corpus.video import write_video
-from flows.schema import UNLABELED
+from flows.core.schema import UNLABELED
 
 NEUTRAL = "NEUTRAL"  # the class whose folder is the noisy pool
 SIZES = ((640, 360), (480, 640), (800, 600), (512, 512), (960, 540))

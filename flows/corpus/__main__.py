@@ -1,5 +1,5 @@
 """``python -m flows.corpus``: the same as ``sift make-corpus``."""
-from flows.cli import run_entry
+from flows.core.cli import run_entry
 
 from flows.corpus import main
 

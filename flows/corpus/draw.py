@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 
 CLASSES = ("BAD", "NEUTRAL", "GOOD")  # the classes render() knows how to draw
 

@@ -4,10 +4,10 @@ compress it like preprocessing does, and write a training manifest and/or a filt
     sift scrape URL... [--recipe RECIPE.yaml] [--to DIR] [--to-server URL] [--token T]
                        [--max-items N] [--label NAME] [key=value ...]
 
-Each start URL is one task for a pool of Ray actors holding one browser each (:mod:`flows.browser`).
+Each start URL is one task for a pool of Ray actors holding one browser each (:mod:`flows.scrape.browser`).
 The browser only renders pages: its own image/media requests are aborted, so every media byte comes
-through :class:`flows.fetch.Fetcher` (address policy, robots.txt, size cap, rate limit). A pure core
-(:mod:`flows.parse`, :func:`media_items`, :func:`render_feed`) sits under thin
+through :class:`flows.scrape.fetch.Fetcher` (address policy, robots.txt, size cap, rate limit). A pure core
+(:mod:`flows.scrape.parse`, :func:`media_items`, :func:`render_feed`) sits under thin
 Ray/browser shells.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from flows.browser import Browser
-from flows.config import ConfigError, add_knobs_flag
-from flows.feed import classify_remote, server_classes, write_feed
-from flows.fetch import Fetched, Fetcher, RateLimiter
-from flows.images import open_image, prepare
+from flows.scrape.browser import Browser
+from flows.core.config import ConfigError, add_knobs_flag
+from flows.scrape.feed import classify_remote, server_classes, write_feed
+from flows.scrape.fetch import Fetched, Fetcher, RateLimiter
+from flows.media.images import open_image, prepare
 from flows.scrape.config import Recipe, ScrapeConfig, for_classes, load_settings
-from flows.validate import Reject
+from flows.media.validate import Reject
 
 # ---------------------------------------------------------------- pure core: bytes -> stored items
 
@@ -50,7 +50,7 @@ def media_items(got: Fetched, cfg: ScrapeConfig, page: str) -> list[dict]:
                  "ext": got.format}]
     from PIL import Image
 
-    from flows.video import extract_keyframes
+    from flows.media.video import extract_keyframes
 
     # ffmpeg reads only local files: a private temp dir (mode 0700), removed at once
     with tempfile.TemporaryDirectory(prefix="sift-scrape-") as tmp:
@@ -136,7 +136,7 @@ def scrape(urls: list[str], recipe: Recipe, cfg: ScrapeConfig, progress: bool = 
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from flows.runtime import init_ray
+    from flows.core.runtime import init_ray
 
     ray = init_ray()
     BrowserActor, HostGate = actor_classes()

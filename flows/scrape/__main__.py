@@ -1,5 +1,5 @@
 """``python -m flows.scrape``: the same as ``sift scrape``."""
-from flows.cli import run_entry
+from flows.core.cli import run_entry
 
 from flows.scrape import main
 

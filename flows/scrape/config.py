@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from flows.config import CONFIG_DIR, ConfigError, explicit, knob, load, parse_overrides, replace
+from flows.core.config import CONFIG_DIR, ConfigError, explicit, knob, load, parse_overrides, replace
 
 RECIPES = CONFIG_DIR / "recipes"
 
@@ -29,7 +29,7 @@ class ScrapeConfig:
     allow_hosts: tuple[str, ...] = ()  # names, .suffixes, addresses or networks allowed to be private/loopback
     allow_private: bool = False  # true: no address policy at all (only for trusted intranets)
     download_threads: int = knob(4, lo=1, hi=64)  # parallel downloads + compression per browser
-    # Compression: the same code and defaults as `sift preprocess` (flows.images.prepare).
+    # Compression: the same code and defaults as `sift preprocess` (flows.media.images.prepare).
     short_edge: int = knob(448, lo=16, hi=8192)
     byte_budget: int = knob(200_000, lo=2_000, hi=50_000_000)
     max_quality: int = knob(90, lo=10, hi=100)

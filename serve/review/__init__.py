@@ -1,5 +1,5 @@
 """``sift review``: a small web page to review uncertain, disputed and reported items; every label goes
-to the label store (:mod:`flows.labels`) and the next ``sift train`` uses it.
+to the label store (:mod:`flows.core.labels`) and the next ``sift train`` uses it.
 
     sift review --data DATA_DIR [--run RUN_ID|latest] [--host 127.0.0.1] [--port 8765] [--token T]
 
@@ -21,10 +21,10 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from flows.errors import HttpError
-from flows.labels import SKIP, LabelError, LabelStore, default_user
+from flows.core.errors import HttpError
+from flows.core.labels import SKIP, LabelError, LabelStore, default_user
 
-from serve.queues import STRATEGIES, QueueError, match_reports, rank
+from serve.review.queues import STRATEGIES, QueueError, match_reports, rank
 from serve.review.data import ReviewConfig, ReviewData, finite, load_review
 
 COOKIE = "sift_review"
@@ -233,7 +233,7 @@ def make(cfg: ReviewConfig) -> tuple[FastAPI, str, ReviewData]:
     """App, token and data from a config (the token generated when none is set)."""
     from pathlib import Path
 
-    from flows.runtime import state_dir
+    from flows.core.runtime import state_dir
 
     from serve.review.data import find_predictions
 
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides (labels_db=, queue_limit=, ...)")
     args = ap.parse_args(argv)
     flags = {k: getattr(args, k) for k in ("data", "run", "host", "port", "token", "user") if getattr(args, k)}
-    from flows.config import parse_overrides
+    from flows.core.config import parse_overrides
 
     cfg = load_review(args.config, {**parse_overrides(args.overrides), **flags})
     app, token, data = make(cfg)

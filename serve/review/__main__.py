@@ -1,5 +1,5 @@
 """``python -m serve.review``: the same as ``sift review``."""
-from flows.cli import run_entry
+from flows.core.cli import run_entry
 
 from serve.review import main
 

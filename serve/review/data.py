@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from flows.config import ConfigError, knob, load
+from flows.core.config import ConfigError, knob, load
 
 from serve.config import is_loopback
 

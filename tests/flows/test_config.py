@@ -2,7 +2,7 @@ import pytest
 
 import dataclasses
 
-from flows.config import ConfigError, PreprocessConfig, build, explicit, flat, load_preprocess, parse_overrides, \
+from flows.core.config import ConfigError, PreprocessConfig, build, explicit, flat, load_preprocess, parse_overrides, \
     replace
 
 
@@ -77,7 +77,7 @@ def test_build_checks_defaults_too():
 def test_knobs_table_lists_every_field_with_its_loaded_default_range_and_help():
     import dataclasses
 
-    from flows.config import knobs_table
+    from flows.core.config import knobs_table
     from train.config import load_train
 
     cfg = load_train(None, ["epochs=7"])
@@ -90,7 +90,7 @@ def test_knobs_table_lists_every_field_with_its_loaded_default_range_and_help():
 
 
 def test_every_stage_prints_its_knobs_before_checking_required_arguments(capsys):
-    from flows.cli import main
+    from flows.core.cli import main
 
     for stage, knob in (("train", "aug_hue"), ("preprocess", "short_edge"), ("serve", "max_batch_size"),
                         ("predict", "batch_size"), ("scan", "fps"), ("scrape", "robots"), ("tune", "lr")):
@@ -104,9 +104,9 @@ def test_every_stage_prints_its_knobs_before_checking_required_arguments(capsys)
 def test_each_default_is_written_once_on_its_field():
     """Loading a stage's config with no file and no override gives its dataclass's own defaults:
     there is no second place (a defaults YAML) where a default could drift."""
-    from flows.config import PreprocessConfig, load_preprocess
+    from flows.core.config import PreprocessConfig, load_preprocess
     from flows.scrape.config import ScrapeConfig, load_settings
-    from serve.batch.config import PredictConfig, ScanConfig, load_predict, load_scan
+    from serve.offline.batch.config import PredictConfig, ScanConfig, load_predict, load_scan
     from serve.config import ServeConfig, load_serve
     from train.config import TrainConfig, load_train
 
@@ -116,7 +116,7 @@ def test_each_default_is_written_once_on_its_field():
 
 
 def test_knobs_show_the_comments_written_with_the_fields():
-    from flows.config import knobs_table, source_comments
+    from flows.core.config import knobs_table, source_comments
     from serve.config import load_serve
 
     notes = source_comments(type(load_serve()))

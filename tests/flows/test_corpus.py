@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from flows.corpus import FORMATS, main, make_corpus, plan_labels
 from flows.corpus.video import write_video
 from flows.corpus.draw import render
-from flows.schema import REJECT_REASONS
+from flows.core.schema import REJECT_REASONS
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF"}
@@ -289,7 +289,7 @@ def test_class_cues_survive_a_style_shift(style):
 
 
 def test_bad_styles_are_refused_before_anything_is_written(tmp_path):
-    from flows.config import ConfigError
+    from flows.core.config import ConfigError
 
     for kwargs in ({"style": 9}, {"style": -1}, {"style": True}, {"style": 1, "videos": 1}):
         with pytest.raises(ConfigError, match="style"):

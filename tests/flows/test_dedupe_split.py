@@ -1,7 +1,7 @@
 import numpy as np
 
-from flows.dedupe import find_duplicates, near_pairs
-from flows.split import merge_groups, split_of
+from flows.ingest.dedupe import find_duplicates, near_pairs
+from flows.ingest.split import merge_groups, split_of
 
 
 def _brute(h, d):

@@ -1,4 +1,4 @@
-"""Manifest URLs through the guarded downloader (flows.download), against an http.server on
+"""Manifest URLs through the guarded downloader (flows.ingest.download), against an http.server on
 127.0.0.1 only: every URL ends as a file or a fetch_failed reason, and a second run fetches nothing."""
 import io
 import json
@@ -8,10 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from flows.config import load_preprocess
-from flows.download import fetch_items, local_name
-from flows.ingest import discover
-from flows.process import process_batch
+from flows.core.config import load_preprocess
+from flows.ingest.download import fetch_items, local_name
+from flows.ingest.inputs import discover
+from flows.ingest.process import process_batch
 
 
 def _jpeg(i: int) -> bytes:

@@ -4,20 +4,20 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError
-from flows.errors import HttpError, ReasonError, SiftError
-from flows.fetch import FetchError
-from flows.ingest import IngestError
-from flows.labels import LabelError
-from flows.validate import Reject
-from flows.video import VideoError
+from flows.core.config import ConfigError
+from flows.core.errors import HttpError, ReasonError, SiftError
+from flows.scrape.fetch import FetchError
+from flows.ingest.inputs import IngestError
+from flows.core.labels import LabelError
+from flows.media.validate import Reject
+from flows.media.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_stage_error_is_a_sift_error_with_a_reason():
     from serve.predictor import ApiError
-    from serve.queues import QueueError
+    from serve.review.queues import QueueError
     from train.backbones import BackboneError
 
     for cls, args, reason in ((ConfigError, ("bad key",), "bad_config"), (IngestError, ("no folder",), "bad_input"),
@@ -34,7 +34,7 @@ def test_every_stage_error_is_a_sift_error_with_a_reason():
 
 
 def test_the_cli_turns_any_sift_error_into_one_line_and_exit_2(capsys):
-    from flows.cli import run_entry
+    from flows.core.cli import run_entry
 
     def entry(argv):
         raise VideoError("video_too_long", "7200 s > 600 s")

@@ -1,4 +1,4 @@
-"""flows.fetch: the address policy with a fake resolver (no traffic at all), then real downloads from
+"""flows.scrape.fetch: the address policy with a fake resolver (no traffic at all), then real downloads from
 an http.server on 127.0.0.1. Nothing in this module sends a packet anywhere but 127.0.0.1."""
 import dataclasses
 import io
@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows import fetch
-from flows.fetch import FetchError, Fetcher, RateLimiter, RobotsCache, check_url
+from flows.scrape import fetch
+from flows.scrape.fetch import FetchError, Fetcher, RateLimiter, RobotsCache, check_url
 from flows.scrape import load_settings
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.images import encode_budget, open_image, phash, prepare, resize_short, to_rgb
-from flows.validate import Reject
+from flows.media.images import encode_budget, open_image, phash, prepare, resize_short, to_rgb
+from flows.media.validate import Reject
 
 
 def _bytes(img, fmt, **kw):

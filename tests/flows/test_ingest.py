@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from flows.ingest import IngestError, discover, label_of
+from flows.ingest.inputs import IngestError, discover, label_of
 
 CLASSES = ("BAD", "NEUTRAL", "GOOD")
 NOISY = {"NEUTRAL": {}}

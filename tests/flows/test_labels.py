@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from flows.labels import LabelError, LabelStore, default_path
+from flows.core.labels import LabelError, LabelStore, default_path
 
 CLASSES = ("BAD", "NEUTRAL", "GOOD")
 

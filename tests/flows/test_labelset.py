@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from flows.config import ConfigError, load_preprocess
-from flows.labelset import data_classes, for_input, label_names, resolve
+from flows.core.config import ConfigError, load_preprocess
+from flows.core.labelset import data_classes, for_input, label_names, resolve
 
 
 def _tree(root, folders):
@@ -74,7 +74,7 @@ def test_no_labels_at_all_needs_classes():
 
 def test_refused_before_ray_starts_in_one_line_with_exit_2(tmp_path):
     _tree(tmp_path / "in", ["NSFW", "SFW"])
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "preprocess", "--input", str(tmp_path / "in"),
+    r = subprocess.run([sys.executable, "-m", "flows.core.cli", "preprocess", "--input", str(tmp_path / "in"),
                         "--output", str(tmp_path / "out"), "noisy_pools={NEUTRAL: {NEUTRAL: 1.0}}"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr

@@ -1,7 +1,7 @@
-"""flows.parse: srcsets, CSS backgrounds, URL resolution and dedupe, kind guesses (pure, no browser)."""
+"""flows.scrape.parse: srcsets, CSS backgrounds, URL resolution and dedupe, kind guesses (pure, no browser)."""
 import pytest
 
-from flows import parse
+from flows.scrape import parse
 
 
 @pytest.mark.parametrize("srcset, best", [

@@ -4,9 +4,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import load_preprocess
+from flows.core.config import load_preprocess
 from flows.corpus import make_corpus
-from flows.preprocess import run
+from flows.ingest.preprocess import run
 
 
 @pytest.mark.slow

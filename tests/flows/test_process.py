@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.config import load_preprocess
-from flows.process import STAGING_SCHEMA, process_batch
+from flows.core.config import load_preprocess
+from flows.ingest.process import STAGING_SCHEMA, process_batch
 
 
 def _jpeg(seed=0, size=(320, 200)):
@@ -84,7 +84,7 @@ def test_manifest_line_rejects_pass_straight_through(tmp_path):
 
 def test_an_unexpected_exception_is_an_internal_error_reject(tmp_path, monkeypatch):
     (tmp_path / "ok.jpg").write_bytes(_jpeg())
-    import flows.images as images
+    import flows.media.images as images
 
     monkeypatch.setattr(images, "prepare", lambda *a, **k: 1 / 0)
     (row,) = process_batch([_item(tmp_path / "ok.jpg")], load_preprocess()).to_pylist()

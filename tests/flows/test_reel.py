@@ -1,4 +1,4 @@
-"""flows.reel and flows.reel.plan: pure planning and commands, then real ffmpeg on generated clips.
+"""flows.media.reel and flows.media.reel.plan: pure planning and commands, then real ffmpeg on generated clips.
 
 The main clip is 10 s at 25 fps of five solid colours, 2 s each, with a keyframe exactly at every
 colour change (and nowhere else) and B-frames, plus a sine audio track: so copy-exact cuts, the
@@ -15,11 +15,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from flows import reel
-from flows.reel import plan as reel_plan
-from flows.reel.plan import Cut
-from flows.schema import REJECT_REASONS
-from flows.video import VideoError, probe
+from flows.media import reel
+from flows.media.reel import plan as reel_plan
+from flows.media.reel.plan import Cut
+from flows.core.schema import REJECT_REASONS
+from flows.media.video import VideoError, probe
 
 COLOURS = ["red", "blue", "lime", "white", "yellow"]  # one per 2 s
 RGB = {"red": (255, 0, 0), "blue": (0, 0, 255), "lime": (0, 255, 0), "white": (255, 255, 255),

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from flows import scrape
-from flows.browser import LAUNCH_FLAGS
-from flows.ingest import discover
+from flows.scrape.browser import LAUNCH_FLAGS
+from flows.ingest.inputs import discover
 
 pytestmark = pytest.mark.slow
 # Chromium may resolve nothing but 127.0.0.1 here (IP literals are guarded by the route policy).
@@ -262,7 +262,7 @@ def backend(trained, sift_home, tmp_path_factory):
     import httpx
     from ray import serve
 
-    from serve.app import build_app
+    from serve.api.app import build_app
     from serve.config import load_serve
 
     serve.shutdown()  # a Serve left on another port by an earlier module

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import spans
-from flows.config import ConfigError, load_preprocess
-from flows.ingest import discover
-from flows.process import STAGING_SCHEMA, process_batch
-from flows.schema import REJECT_REASONS
+from flows.ingest import spans
+from flows.core.config import ConfigError, load_preprocess
+from flows.ingest.inputs import discover
+from flows.ingest.process import STAGING_SCHEMA, process_batch
+from flows.core.schema import REJECT_REASONS
 
 CFG = load_preprocess(None, ["span_fps=2", "video_keyframes=3", "short_edge=64", "classes=[BAD, NEUTRAL, GOOD]"])
 

@@ -3,8 +3,8 @@ import io
 import pytest
 from PIL import Image
 
-from flows.config import load_preprocess
-from flows.validate import Reject, check, read_head, sniff
+from flows.core.config import load_preprocess
+from flows.media.validate import Reject, check, read_head, sniff
 
 
 def _img_bytes(fmt, mode="RGB", size=(8, 8)):

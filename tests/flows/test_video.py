@@ -1,4 +1,4 @@
-"""flows.video: pure command builders, parsers and selection logic (no ffmpeg needed; the real
+"""flows.media.video: pure command builders, parsers and selection logic (no ffmpeg needed; the real
 ffmpeg runs are in test_video_clips.py)."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from flows import video
-from flows.schema import REJECT_REASONS
-from flows.video import VideoError, VideoInfo
+from flows.media import video
+from flows.core.schema import REJECT_REASONS
+from flows.media.video import VideoError, VideoInfo
 
 S = "160x120"  # tiny frames keep the whole module fast
 

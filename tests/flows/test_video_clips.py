@@ -1,4 +1,4 @@
-"""flows.video on real ffmpeg: probing, scene cuts, keyframes, limits and broken inputs, on clips
+"""flows.media.video on real ffmpeg: probing, scene cuts, keyframes, limits and broken inputs, on clips
 generated once per module with lavfi sources, so every cut time is known exactly.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from flows import video
-from flows.video import Frame, VideoError
+from flows.media import video
+from flows.media.video import Frame, VideoError
 from tests.flows.test_video import _assert_gone, _record_popen
 
 S = "160x120"  # tiny frames keep the whole module fast

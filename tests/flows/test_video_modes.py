@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from flows.config import ConfigError, load_preprocess
-from flows.process import process_item
+from flows.core.config import ConfigError, load_preprocess
+from flows.ingest.process import process_item
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""flows.video.sample: pure builders, and the streaming machinery against a fake ffmpeg (a Python
+"""flows.media.video.sample: pure builders, and the streaming machinery against a fake ffmpeg (a Python
 script: exact control over what arrives when). Real ffmpeg on generated clips: test_video_sample_clips.py."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from flows import video
-from flows.video import sample as vs
-from flows.video import VideoError, VideoInfo
+from flows.media import video
+from flows.media.video import sample as vs
+from flows.media.video import VideoError, VideoInfo
 
 # ---------------------------------------------------------------- pure: no ffmpeg needed
 

@@ -1,4 +1,4 @@
-"""flows.video.sample on real ffmpeg: clips generated once per module (solid colours with a single
+"""flows.media.video.sample on real ffmpeg: clips generated once per module (solid colours with a single
 keyframe, so every seek decodes from 0; long, offset, truncated and random files)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from flows import video
-from flows.video import sample as vs
-from flows.video import VideoError
+from flows.media import video
+from flows.media.video import sample as vs
+from flows.media.video import VideoError
 from tests.flows.test_video_sample import _gone
 
 

@@ -17,7 +17,7 @@ def server(trained, sift_home, tmp_path_factory):
     """Deploys the app (re-deployable with other settings) and yields (deploy, client)."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.api.app import build_app
     from serve.config import load_serve
 
     port = _free_port()

@@ -119,7 +119,7 @@ def test_video_gives_frames_timeline_and_a_label(api, trained, tmp_path):
 
 
 def test_jobs_run_and_survive_a_restart(server, api):
-    from serve.jobs import JobStore
+    from serve.api.jobs import JobStore
 
     deploy, db = server
     items = [{"name": f"i{k}", "image": base64.b64encode(_jpeg(k)).decode()} for k in range(3)]

@@ -30,7 +30,7 @@ def folder(tmp_path_factory):
 def test_media_files_recurses_and_keeps_given_files(folder):
     files = media_files([str(folder)])
     assert len(files) == 5 and all(f.suffix == ".jpg" for f in files)
-    from flows.errors import SiftError
+    from flows.core.errors import SiftError
 
     with pytest.raises(SiftError, match="no such file") as exc:
         media_files([str(folder / "nope")])
@@ -74,7 +74,7 @@ def test_score_folder_sorts_and_copies_the_range(folder, trained, tmp_path, caps
     none = tmp_path / "none"
     score_folder_main([str(folder), "--label", "BAD", "--min", "1.01", "--copy-to", str(none), "--model", trained["model"]])
     assert not none.exists() or not any(none.rglob("*.jpg"))
-    from flows.config import ConfigError
+    from flows.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="not one of"):
         score_folder_main([str(folder), "--label", "NSFW", "--model", trained["model"]])

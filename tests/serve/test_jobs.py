@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serve.jobs import JobStore
+from serve.api.jobs import JobStore
 
 
 class Clock:

@@ -42,7 +42,7 @@ def _corpus(root, classes: dict[str, float], per_class: int, unlabeled: int, see
 
 
 def _end_to_end(tmp_path, server, capsys, classes, model_name, train_overrides):
-    from flows.preprocess import main as preprocess
+    from flows.ingest.preprocess import main as preprocess
     from serve.client import classify_main
     from train.main import main as train
     from train.promote import main as promote
@@ -153,7 +153,7 @@ def test_score_and_tag_heads_learn_the_manifest_and_reach_the_clients(tmp_path, 
     """score_head=true on a JSONL manifest whose ``score`` (0-10, the user's units) is the brightness
     and whose ``tags`` mark a white frame and a black bar: MLflow gets MAE, Spearman and per-tag F1;
     the local client returns the score and the tags, and score-folder --score ranks by the score."""
-    from flows.preprocess import main as preprocess
+    from flows.ingest.preprocess import main as preprocess
     from serve.client import classify_main, score_folder_main
     from train.main import main as train
     from train.tracking import use

@@ -1,4 +1,4 @@
-"""sift predict: the pure cores of serve.batch and serve.predict, then one Ray-backed run over a
+"""sift predict: the pure cores of serve.offline.batch and serve.offline.predict, then one Ray-backed run over a
 folder (with broken files and a video) and one over a preprocessed parquet dataset."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flows.config import ConfigError
-from serve import batch as B
+from flows.core.config import ConfigError
+from serve.offline import batch as B
 from serve.config import load_serve
-from serve.predict import list_files, main, output_columns, resolve_input
+from serve.offline.predict import list_files, main, output_columns, resolve_input
 from serve.predictor import Limits
 
 LIMITS = Limits.of(load_serve())

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve.queues import QueueError, match_reports, rank
+from serve.review.queues import QueueError, match_reports, rank
 
 CLASSES = ["BAD", "NEUTRAL", "GOOD"]
 TOKEN = "review-t0k"
@@ -116,7 +116,7 @@ def review(preprocessed, trained, tmp_path_factory):
 def chromium():
     from playwright.sync_api import sync_playwright
 
-    from flows.browser import LAUNCH_FLAGS
+    from flows.scrape.browser import LAUNCH_FLAGS
 
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=list(LAUNCH_FLAGS))
@@ -134,7 +134,7 @@ def _client(review, token: str | None = TOKEN):
 
 @pytest.mark.slow
 def test_every_route_needs_the_token_and_bad_requests_are_clear_4xx(review):
-    from flows.config import ConfigError
+    from flows.core.config import ConfigError
     from serve.review.data import load_review
 
     anon, bad = _client(review, None), _client(review, "wrong")
@@ -270,7 +270,7 @@ def test_wrong_verdict_button_in_the_feed_reports_into_the_reported_queue(review
 
 @pytest.mark.slow
 def test_a_training_run_uses_the_corrections_and_logs_them(review, trained, sift_home):
-    from flows.labels import LabelStore
+    from flows.core.labels import LabelStore
     from train import predictions
     from train.config import CONFIG_DIR, load_train
     from train.main import run

@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows.config import ConfigError
-from flows.video import VideoError, output_size, probe, scene_cuts
-from flows.video.sample import sample_frames
-from serve.scan import decode as sd
-from serve.batch.config import load_scan
-from serve.scan import plan as sp
-from serve.scan import timeline as st
-from serve.scan.job import main, split_inputs, stems
+from flows.core.config import ConfigError
+from flows.media.video import VideoError, output_size, probe, scene_cuts
+from flows.media.video.sample import sample_frames
+from serve.offline.scan import decode as sd
+from serve.offline.batch.config import load_scan
+from serve.offline.scan import plan as sp
+from serve.offline.scan import timeline as st
+from serve.offline.scan.job import main, split_inputs, stems
 from tests.flows.test_video_clips import X264, _lavfi
 
 S = "320x180"
@@ -105,8 +105,8 @@ def test_decoded_frames_share_ffmpegs_buffer():
 
 
 def test_decode_workers_import_no_model_code():
-    # Ray imports serve.scan.decode in every decode worker: torch there cost ~1.3 CPU-s per worker
-    code = "import sys, serve.scan.decode; print(sorted({'torch', 'transformers', 'ultralytics'} & set(sys.modules)))"
+    # Ray imports serve.offline.scan.decode in every decode worker: torch there cost ~1.3 CPU-s per worker
+    code = "import sys, serve.offline.scan.decode; print(sorted({'torch', 'transformers', 'ultralytics'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "[]"
@@ -252,7 +252,7 @@ SMALL = ["max_actors=1", "actor_cpus=1", "threads=1"]
 
 
 def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips, tmp_path):
-    from serve.scan.job import make_reel
+    from serve.offline.scan.job import make_reel
 
     out = tmp_path / "scan"
     args = [clips["gop25"], clips["corrupt"], "--output", str(out), clips["truncated"], "--model",
@@ -279,8 +279,8 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
     assert all(a["end"] == b["start"] and a["label"] != b["label"] for a, b in zip(segs, segs[1:]))
     assert all(0.0 <= s["score"] <= 1.0 for s in segs)
     # the segments as span lines that preprocessing reads back as labels: one video, one span each
-    from flows.ingest import discover
-    from flows.spans import spans_of
+    from flows.ingest.inputs import discover
+    from flows.ingest.spans import spans_of
 
     lines = [json.loads(x) for x in (tmp_path / "spans.jsonl").read_text().splitlines()]
     assert [(x["start"], x["end"], x["label"]) for x in lines] == [(s["start"], s["end"], s["label"]) for s in segs]
@@ -311,7 +311,7 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
 def test_a_pool_that_other_work_leaves_no_room_for_is_refused(ray_session):
     import ray
 
-    from serve.batch import check_budget
+    from serve.offline.batch import check_budget
 
     free = ray.available_resources().get("CPU", 0.0)
     hold = ray.remote(num_cpus=free - 0.5)(type("Hold", (), {"ping": lambda self: 1})).remote()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 from train.config import for_classes, load_train
 
 DEFAULT = ["BAD", "GOOD", "NEUTRAL"]
@@ -68,14 +68,14 @@ def test_a_config_file_counts_as_written(tmp_path):
 
 def test_sift_train_refuses_before_ray_starts(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["NSFW", "SFW"], "priors": {}}))
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", str(tmp_path), "positive=BAD"],
+    r = subprocess.run([sys.executable, "-m", "flows.core.cli", "train", "--data", str(tmp_path), "positive=BAD"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "positive='BAD'" in r.stderr and "['NSFW', 'SFW']" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", str(tmp_path / "nope")],
+    r = subprocess.run([sys.executable, "-m", "flows.core.cli", "train", "--data", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no manifest.json" in r.stderr, r.stderr
     env = {**os.environ, "SIFT_HOME": str(tmp_path / "home")}
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--data", str(tmp_path), "backbone=tiny",
+    r = subprocess.run([sys.executable, "-m", "flows.core.cli", "train", "--data", str(tmp_path), "backbone=tiny",
                         "zero_shot_prompts={NSFW: explicit}"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "text tower" in r.stderr and "Traceback" not in r.stderr, r.stderr

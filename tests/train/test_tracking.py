@@ -35,7 +35,7 @@ def test_first_promotion_then_only_better_runs_move_champion(store):
 
 
 def test_unknown_run_is_a_clear_error(store):
-    from flows.errors import SiftError
+    from flows.core.errors import SiftError
 
     with pytest.raises(SiftError, match="no registered version") as exc:
         promote("0" * 32, "m")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 from train import search
 from train.config import CONFIG_DIR, load_train
 
@@ -129,7 +129,7 @@ def test_runs_shows_a_searchs_trials_with_their_status_and_varied_knobs():
 
 
 def test_bad_inputs_exit_2_before_ray_starts(tmp_path, monkeypatch, capsys):
-    from flows.cli import main as sift
+    from flows.core.cli import main as sift
     from train import tune
 
     monkeypatch.setattr(tune, "execute", lambda *a, **k: pytest.fail("Ray must not start"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.config import ConfigError
+from flows.core.config import ConfigError
 from train.model import Classifier, load_backbone, resolve_backbone
 from train.zeroshot import ZeroShot, class_prompts, has_text_tower, parse_prompts, prompt_embeddings
 

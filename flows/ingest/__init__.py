@@ -1,0 +1,1 @@
+"""`sift preprocess`: inputs -> validated, deduplicated, split parquet shards (Ray Data)."""

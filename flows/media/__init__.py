@@ -1,0 +1,1 @@
+"""Media handling: validation, image decoding, video (ffmpeg), highlight reels."""

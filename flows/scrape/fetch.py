@@ -1,0 +1,306 @@
+"""Guarded downloads of untrusted URLs: every failure is a reason code, never an exception upstream.
+
+A page decides which URLs we fetch, so each request is treated as hostile:
+
+- only ``http``/``https``; the host is resolved once and *every* resolved address must be public
+  (not private, loopback, link-local, multicast, reserved or unspecified) unless the host or the
+  address is allow-listed (``allow_hosts``) or ``allow_private`` is set; the connection then goes
+  to the checked address (pinned: the Host header and TLS SNI carry the name), so a DNS answer
+  cannot change between the check and the connect;
+- redirects are followed by hand, each hop checked again (scheme, address, robots), at most
+  ``max_redirects``;
+- robots.txt is honoured per origin (RFC 9309: 4xx means allow all, 5xx or unreachable disallow
+  all), cached, fetched through the same guard;
+- at most ``max_bytes`` are read (Content-Length first, then counted while streaming), and the
+  first bytes must sniff as media (:func:`flows.media.validate.sniff`) or the download stops there;
+- one host is not asked more often than every ``rate_limit_s`` (thread-safe; shareable between
+  processes through an injected ``reserve`` callable);
+- 5xx, 429, timeouts and connection errors are retried with exponential backoff.
+
+The resolver is injectable, so the address policy is tested without sending traffic anywhere.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+import urllib.robotparser
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from flows.core.errors import ReasonError
+from flows.scrape.parse import host_key
+from flows.media.validate import sniff
+
+REDIRECTS = (301, 302, 303, 307, 308)
+RETRY_STATUS = (429, 500, 502, 503, 504)
+REASONS = ("bad_scheme", "bad_url", "dns_error", "refused_address", "robots_disallowed", "too_large",
+           "empty", "not_media", "timeout", "connect_error", "too_many_redirects")  # + http_<code>
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class FetchError(ReasonError):
+    """A URL that could not be fetched; ``reason`` is one of :data:`REASONS` or ``http_<code>``."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: where to connect (``ip``) and what to call it (``host``, for Host and SNI)."""
+    url: str
+    scheme: str
+    host: str
+    port: int
+    ip: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    url: str  # as asked
+    final_url: str  # after redirects
+    data: bytes
+    kind: str  # "image" | "video" ("" for non-media fetches such as robots.txt)
+    format: str
+    content_type: str
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """All addresses ``host`` resolves to (IPv4 and IPv6), via the system resolver."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def address_refused(ip: str) -> bool:
+    """True for any address that is not plain public unicast (IPv4-mapped IPv6 unwrapped first)."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
+            or addr.is_reserved or addr.is_unspecified or not addr.is_global)
+
+
+def allow_listed(host: str, ip: str, allow_hosts) -> bool:
+    """``allow_hosts`` entries match a host name exactly, a domain suffix (``.example.org``), an
+    address, or a network (``10.0.0.0/8``)."""
+    for entry in allow_hosts:
+        entry = entry.strip().lower()
+        if entry == host or (entry.startswith(".") and host.endswith(entry)):
+            return True
+        try:
+            if ipaddress.ip_address(ip.split("%", 1)[0]) in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue  # a host-name entry
+    return False
+
+
+def check_url(url: str, resolver: Resolver, allow_hosts=(), allow_private: bool = False) -> Target:
+    """Scheme, host and address policy for one URL; raises FetchError before any connection."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError as exc:
+        raise FetchError("bad_url", str(exc)) from None
+    if scheme not in ("http", "https"):
+        raise FetchError("bad_scheme", f"{scheme or 'no'} scheme: only http and https")
+    if not host:
+        raise FetchError("bad_url", "no host")
+    port = port or (443 if scheme == "https" else 80)
+    try:
+        ips = [str(ipaddress.ip_address(host))]  # an address literal needs no resolver
+    except ValueError:
+        ips = None
+    try:
+        ips = ips or resolver(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise FetchError("dns_error", f"{host}: {exc}") from None
+    if not ips:
+        raise FetchError("dns_error", f"{host}: no address")
+    for ip in ips:  # every answer must pass: one refused answer could be the one connected to
+        try:
+            refused = address_refused(ip)
+        except ValueError:
+            raise FetchError("dns_error", f"{host}: bad address {ip!r}") from None
+        if refused and not allow_private and not allow_listed(host, ip, allow_hosts):
+            raise FetchError("refused_address", f"{host} resolves to {ip}")
+    return Target(url, scheme, host, port, ips[0])
+
+
+class RateLimiter:
+    """Minimum interval between requests to one host, thread-safe.
+
+    :meth:`reserve` books the next free slot under a lock and returns how long to wait; callers
+    sleep outside the lock, so one slow host never blocks requests to another.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = interval, clock
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, host: str) -> float:
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next.get(host, now))
+            self._next[host] = slot + self.interval
+            return slot - now
+
+
+class RobotsCache:
+    """robots.txt per origin, fetched once (through the guard) and cached; thread-safe."""
+
+    def __init__(self, get_text: Callable[[str], tuple[int, str]], user_agent: str):
+        self.get_text, self.user_agent = get_text, user_agent
+        self._parsers: dict[str, urllib.robotparser.RobotFileParser] = {}
+        self._lock = threading.Lock()
+        self._origin_locks: dict[str, threading.Lock] = {}
+
+    def allowed(self, url: str) -> bool:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            lock = self._origin_locks.setdefault(origin, threading.Lock())
+        with lock:  # one fetch per origin even when many threads ask at once
+            if origin not in self._parsers:
+                self._parsers[origin] = self._load(origin)
+        return self._parsers[origin].can_fetch(self.user_agent, url)
+
+    def _load(self, origin: str) -> urllib.robotparser.RobotFileParser:
+        rp = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
+        try:
+            status, text = self.get_text(origin + "/robots.txt")
+        except FetchError as exc:
+            # a refused robots.txt host is refused for media too; unreachable means disallow (RFC 9309)
+            status, text = (404, "") if exc.reason.startswith("http_4") else (503, "")
+        if 200 <= status < 300:
+            rp.parse(text.splitlines())
+        elif 400 <= status < 500:
+            rp.allow_all = True
+        else:
+            rp.disallow_all = True
+        return rp
+
+
+class Fetcher:
+    """Guarded GETs with one pooled httpx client. ``cfg`` needs the fetch keys of ScrapeConfig."""
+
+    def __init__(self, cfg, resolver: Resolver | None = None,
+                 reserve: Callable[[str], float] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 transport: httpx.BaseTransport | None = None):
+        self.cfg, self.sleep = cfg, sleep
+        self.resolver = resolver or system_resolver
+        self.reserve = reserve or RateLimiter(cfg.rate_limit_s).reserve
+        # trust_env=False: a proxy from the environment would connect somewhere we never checked
+        self.client = httpx.Client(timeout=cfg.timeout_s, follow_redirects=False, trust_env=False,
+                                   transport=transport, headers={"User-Agent": cfg.user_agent})
+        self.robots = RobotsCache(self._robots_text, cfg.user_agent)
+        self.connections: Counter[str] = Counter()  # address -> requests sent: what really went out
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def fetch(self, url: str) -> Fetched:
+        """Download one media URL within every guard. Raises FetchError."""
+        return self._follow(url, media=True)
+
+    def try_fetch(self, url: str) -> tuple[Fetched | None, dict | None]:
+        """``(fetched, None)`` or ``(None, {"url", "reason", "detail"})``: never raises for a URL."""
+        try:
+            return self.fetch(url), None
+        except FetchError as exc:
+            return None, {"url": url, "reason": exc.reason, "detail": exc.detail[:300]}
+
+    def _robots_text(self, url: str) -> tuple[int, str]:
+        got = self._follow(url, media=False)
+        return 200, got.data.decode("utf-8", "replace")
+
+    def _follow(self, url: str, media: bool) -> Fetched:
+        """Redirects by hand: every hop is checked (address, robots) before it is connected to."""
+        current = url
+        for _ in range(self.cfg.max_redirects + 1):
+            target = check_url(current, self.resolver, self.cfg.allow_hosts, self.cfg.allow_private)
+            if media and self.cfg.robots and not self.robots.allowed(current):
+                raise FetchError("robots_disallowed", current)
+            result = self._with_retries(target, media)
+            if isinstance(result, str):  # a redirect's Location
+                current = urljoin(current, result)
+                continue
+            data, kind, fmt, ctype = result
+            return Fetched(url, current, data, kind, fmt, ctype)
+        raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects} from {url}")
+
+    def _with_retries(self, target: Target, media: bool):
+        """One hop with retries on 5xx/429, timeouts and connection errors (exponential backoff)."""
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                self.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+            try:
+                return self._once(target, media)
+            except FetchError as exc:
+                retryable = exc.reason in ("timeout", "connect_error") or exc.reason in {
+                    f"http_{s}" for s in RETRY_STATUS}
+                if not retryable or attempt == self.cfg.retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _once(self, target: Target, media: bool):
+        """One request to the checked address. Returns a Location (str) or (data, kind, fmt, ctype)."""
+        delay = self.reserve(host_key(target.url))
+        if delay > 0:
+            self.sleep(delay)
+        parts = urlsplit(target.url)
+        ip = f"[{target.ip}]" if ":" in target.ip else target.ip
+        pinned = urlunsplit((target.scheme, f"{ip}:{target.port}", parts.path or "/", parts.query, ""))
+        default = target.port == (443 if target.scheme == "https" else 80)
+        headers = {"Host": target.host if default else f"{target.host}:{target.port}"}
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        with self._lock:
+            self.connections[target.ip] += 1
+        try:
+            with self.client.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
+                if resp.status_code in REDIRECTS:
+                    location = resp.headers.get("location")
+                    if not location:
+                        raise FetchError(f"http_{resp.status_code}", "redirect without Location")
+                    return location
+                if resp.status_code >= 400:
+                    raise FetchError(f"http_{resp.status_code}", target.url)
+                return self._read(resp, media)
+        except httpx.TimeoutException as exc:
+            raise FetchError("timeout", f"{type(exc).__name__} after {self.cfg.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise FetchError("connect_error", f"{type(exc).__name__}: {exc}") from None
+
+    def _read(self, resp: httpx.Response, media: bool):
+        """Stream the body: stop at the size cap, and after the first bytes if they are not media."""
+        limit = max(self.cfg.max_bytes, self.cfg.max_video_bytes) if media else 512_000
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise FetchError("too_large", f"Content-Length {declared} > {limit}")
+        buf, what = bytearray(), None
+        for chunk in resp.iter_bytes():
+            buf += chunk
+            if media and what is None and len(buf) >= 64:
+                what = self._sniff(bytes(buf[:64]))
+                limit = self.cfg.max_bytes if what.kind == "image" else self.cfg.max_video_bytes
+            if len(buf) > limit:
+                raise FetchError("too_large", f"more than {limit} bytes")
+        if media and not buf:
+            raise FetchError("empty", "zero-byte body")
+        if media and what is None:
+            what = self._sniff(bytes(buf[:64]))
+        ctype = resp.headers.get("content-type", "")
+        return bytes(buf), what.kind if what else "", what.format if what else "", ctype
+
+    @staticmethod
+    def _sniff(head: bytes):
+        what = sniff(head)
+        if what is None:
+            raise FetchError("not_media", "content is not an image or a video")
+        return what

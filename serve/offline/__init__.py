@@ -1,0 +1,1 @@
+"""Offline jobs on the model (Ray Data): `sift predict`, `sift scan`."""
