@@ -9,6 +9,8 @@ are rejected with the list of known ones: a typo never silently falls back to a 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
@@ -297,7 +299,10 @@ def add_knobs_flag(ap, defaults) -> None:
         def __call__(self, parser, namespace, values, option_string=None):
             cfgs = defaults()
             tables = [knobs_table(c) for c in (cfgs if isinstance(cfgs, tuple) else (cfgs,))]
-            print(f"{parser.prog}: every knob, set as key=value (defaults as loaded)\n" + "\n\n".join(tables))
+            try:
+                print(f"{parser.prog}: every knob, set as key=value (defaults as loaded)\n" + "\n\n".join(tables))
+            except BrokenPipeError:  # `sift train --knobs | head`: the reader left, nothing to report
+                sys.stdout = open(os.devnull, "w")
             parser.exit(0)
 
     ap.add_argument("--knobs", action=_Knobs, nargs=0, help="list every config knob: default, range, help")
