@@ -50,6 +50,7 @@ demo: setup
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$PWD/$(STATE)/mlflow.db -w 1"
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra
 
 test-fast: setup

@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.config import load_preprocess  # noqa: E402
-from flows.ingest.download import fetch_items  # noqa: E402
-from flows.ingest.inputs import discover  # noqa: E402
+from flows.core.config import load_preprocess
+from flows.ingest.download import fetch_items
+from flows.ingest.inputs import discover
 
 
 def _jpegs(n: int = 64) -> list[bytes]:

@@ -40,12 +40,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env
 
 quiet_env()  # before Ray is imported (RAY_DATA_USE_DATASOURCE_V2=0, no usage stats)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars (actors inherit it)
 
-from train.cache import Embedder  # noqa: E402
+from train.cache import Embedder
 
 SPEC = "random-vit-b32"
 

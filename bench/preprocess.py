@@ -33,13 +33,13 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.config import load_preprocess  # noqa: E402
-from flows.corpus import make_corpus  # noqa: E402
-from flows.core import labelset  # noqa: E402
-from flows.ingest.inputs import discover  # noqa: E402
-from flows.ingest.manifest import decide  # noqa: E402
-from flows.ingest.process import process_batch  # noqa: E402
-from flows.core.schema import COLUMNS  # noqa: E402
+from flows.core.config import load_preprocess
+from flows.corpus import make_corpus
+from flows.core import labelset
+from flows.ingest.inputs import discover
+from flows.ingest.manifest import decide
+from flows.ingest.process import process_batch
+from flows.core.schema import COLUMNS
 
 
 def _pss(pid: int) -> int:

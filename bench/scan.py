@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.core.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env
 
 quiet_env()
 

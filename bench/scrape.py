@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.scrape import actor_classes, load_settings  # noqa: E402
+from flows.scrape import actor_classes, load_settings
 
 PAGE = """<!doctype html><html><head><style>.item{{height:500px}} img{{display:block;width:320px;height:180px}}
 </style></head><body>{items}<script>

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env
 
 quiet_env()
 

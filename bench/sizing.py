@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.core.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env
 
 quiet_env()  # before Ray is imported
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -193,7 +193,7 @@ def training(work: Path, data: Path, epochs: int, steps: int, lab: int, unl: int
         before, t, error = load1(), time.time(), None
         try:
             run_id = run(cfg, data, uri)["run_id"]
-        except Exception as e:  # noqa: BLE001 - the steps are in MLflow even if finalisation failed
+        except Exception as e:  # any failure: the steps are in MLflow even if finalisation failed
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
             log(f"training run {run_name} failed after start ({error}); looking up its step metrics in MLflow")
             run_id = find_run(uri, run_name)

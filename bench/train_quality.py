@@ -57,14 +57,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from flows.core.config import ConfigError, load_preprocess  # noqa: E402
-from flows.corpus import make_corpus  # noqa: E402
-from flows.corpus.draw import look_of  # noqa: E402
-from flows.core.runtime import quiet_env  # noqa: E402
-from train import calibrate, metrics  # noqa: E402
-from train.config import CONFIG_DIR, for_classes, load_train  # noqa: E402
+from flows.core.config import ConfigError, load_preprocess
+from flows.corpus import make_corpus
+from flows.corpus.draw import look_of
+from flows.core.runtime import quiet_env
+from train import calibrate, metrics
+from train.config import CONFIG_DIR, for_classes, load_train
 
 ARMS = (("a", "supervised"), ("b", "+ noisy prior"), ("c", "+ mean teacher"), ("d", "+ fine-tune"))
 FLOOR = "floor (logreg)"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flows.core.runtime import quiet_env  # noqa: E402
+from flows.core.runtime import quiet_env
 
 quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
 

@@ -59,7 +59,7 @@ def fit_temperature(logits, y, max_iter: int = 200, bounds: tuple[float, float] 
         raise ValueError(f"logits must be (N, C) with N = len(y) = {y.size}, got {z.shape}")
     if z.shape[0] == 0:
         return 1.0
-    f = lambda u: nll(z, y, math.exp(u))  # noqa: E731  (u = log T)
+    f = lambda u: nll(z, y, math.exp(u))  # (u = log T)
     a, b = math.log(bounds[0]), math.log(bounds[1])
     c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
     fc, fd = f(c), f(d)

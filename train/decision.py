@@ -161,7 +161,7 @@ class Decision:
 
     def describe(self, classes: Sequence[str]) -> dict:
         """The operating point for people and /readyz: {thresholds: {class: t}, fallback, positive, negative}."""
-        name = lambda i: classes[i] if i is not None else None  # noqa: E731
+        name = lambda i: classes[i] if i is not None else None
         return {"thresholds": dict(zip(classes, self.thresholds)), "fallback": name(self.fallback),
                 "positive": name(self.positive), "negative": name(self.negative)}
 

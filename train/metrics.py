@@ -37,7 +37,7 @@ def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     """Per-class precision, recall, F1, support; 0 where a ratio is 0/0 (sklearn's zero_division=0)."""
     cm = np.asarray(cm, dtype=np.float64)
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
     precision, recall = div(tp, predicted), div(tp, support)
     f1 = div(2 * precision * recall, precision + recall)
     return precision, recall, f1, support
@@ -223,7 +223,8 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: 
     Predictions are argmax, or the serving rule when ``thresholds`` (a Decision or per-class
     thresholds) are given; uncertain_rate is the share of items no class claimed. Keys (class names
     passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> and
-    ap_<C> (one-vs-rest average precision of P(C), independent of the predictions) for each class and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
+    ap_<C> (one-vs-rest average precision of P(C), independent of the predictions) for each class
+    and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
     these predictions) and <pos>_recall_at_<neg>2<pos>_le_<pct> per rate (the best recall of a sweep
     on P(positive), independent of the predictions). NaN where undefined (no items of a class).
     """

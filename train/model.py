@@ -1,7 +1,7 @@
 """The classifier: a vision backbone -> [embedding ; face features] -> residual MLP head.
 
     pixels (B,3,S,S) --backbone (CLIP/SigLIP/DINOv2 ViT or a CNN, train/backbones.py)--> (B,D) --L2 norm--> z
-                     \-colour statistics (optional, train/colour.py)--> (B,K), appended to z
+                     \\-colour statistics (optional, train/colour.py)--> (B,K), appended to z
     [z ; face (B,F)] --BatchNorm--Linear(D+F, H), GELU--> h --+ residual MLP(H)--> LayerNorm --> logits (B,C)
                                                                                   \\-> score (B,1), tanh (optional)
 

@@ -92,7 +92,7 @@ class PageWorker:
         if gate is not None:  # one rate limit per host across all browsers
             import ray
 
-            reserve = lambda host: ray.get(gate.reserve.remote(host))  # noqa: E731
+            reserve = lambda host: ray.get(gate.reserve.remote(host))
         self.cfg, self.recipe = cfg, recipe
         self.fetcher = Fetcher(cfg, reserve=reserve)
         self.browser = Browser(cfg, self.fetcher)

@@ -89,7 +89,7 @@ def rank(items: pd.DataFrame, probs: dict[str, np.ndarray], classes: list[str], 
     s, t = probs["student"], probs["teacher"]
     n = len(items)
     label = items["label"].to_numpy()
-    name = lambda k: classes[int(k)] if k >= 0 else "unlabeled"  # noqa: E731
+    name = lambda k: classes[int(k)] if k >= 0 else "unlabeled"
     keep = np.ones(n, bool)
     seqs: dict[int, list[int]] = {}
     if strategy == "uncertain":
@@ -97,21 +97,21 @@ def rank(items: pd.DataFrame, probs: dict[str, np.ndarray], classes: list[str], 
         mg = margin(p)
         score = (1.0 - mg) + 1e-3 * entropy(p)
         top = np.argsort(-p, axis=1)[:, :2]
-        why = lambda i: f"margin {mg[i]:.2f} between {classes[top[i, 0]]} and {classes[top[i, -1]]}"  # noqa: E731
+        why = lambda i: f"margin {mg[i]:.2f} between {classes[top[i, 0]]} and {classes[top[i, -1]]}"
     elif strategy == "disagree":
         if not has_teacher:
             raise QueueError("this run had no teacher (mean_teacher=false): no disagreement to rank")
         js = js_divergence(s, t)
         sa, ta = s.argmax(1), t.argmax(1)
         score = js + (sa != ta)
-        why = lambda i: (f"student {classes[sa[i]]} {s[i, sa[i]]:.2f} vs teacher {classes[ta[i]]} "  # noqa: E731
+        why = lambda i: (f"student {classes[sa[i]]} {s[i, sa[i]]:.2f} vs teacher {classes[ta[i]]} "
                          f"{t[i, ta[i]]:.2f} (JS {js[i]:.3f})")
     elif strategy == "loss":
         loss = items["loss"].to_numpy(dtype=float)
         keep = ((items["split"] == "train").to_numpy() & (label >= 0)) & np.isfinite(loss)
         score = np.nan_to_num(loss, nan=-np.inf)
         pa = s.argmax(1)
-        why = lambda i: (f"loss {loss[i]:.2f} vs label {name(label[i])} ({items['pool'].iat[i]} pool); "  # noqa: E731
+        why = lambda i: (f"loss {loss[i]:.2f} vs label {name(label[i])} ({items['pool'].iat[i]} pool); "
                          f"model says {classes[pa[i]]} {s[i, pa[i]]:.2f}")
     else:
         hits = match_reports(items, reports)

@@ -115,7 +115,7 @@ class SiteHandler(SimpleHTTPRequestHandler):
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     make_site(root)
-    handler = lambda *a, **kw: SiteHandler(*a, directory=str(root), **kw)  # noqa: E731
+    handler = lambda *a, **kw: SiteHandler(*a, directory=str(root), **kw)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_port}"

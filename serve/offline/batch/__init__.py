@@ -73,7 +73,7 @@ def prepare_batch(table: pa.Table, source: str, limits: Limits | None, short_edg
     ENCODED reads ``image`` (bytes, may be null) or else ``path``. Rows that already carry an
     ``error`` are passed over untouched."""
     n = table.num_rows
-    col = lambda name: table.column(name).to_pylist() if name in table.column_names else [None] * n  # noqa: E731
+    col = lambda name: table.column(name).to_pylist() if name in table.column_names else [None] * n
     prior = [e or "" for e in col("error")]
     out = Prepared([None] * n, prior, [d or "" for d in col("detail")], [""] * n)
     if source == RAW:

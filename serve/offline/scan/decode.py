@@ -240,7 +240,7 @@ def decode_task(batch: pa.Table, cfg) -> pa.Table:
             parts.append(_error_row(it["video"], "internal_error", f"{type(exc).__name__}: {exc}"[:300]))
             continue
         n = len(d)
-        full = lambda v, t: pa.array([v] * n, t)  # noqa: E731
+        full = lambda v, t: pa.array([v] * n, t)
         parts.append(pa.table([full(it["video"], pa.int32()), pa.array(d.t, pa.float64()),
                                pa.array(d.score, pa.float64()), pa.array(d.grid, pa.bool_()),
                                d.frame_column(), full(it["height"], pa.int32()),

@@ -149,7 +149,7 @@ def finish(plan: dict, parts: list[pa.Table], out: Path, stem: str, cfg: ScanCon
     if table is None or errs:  # a failed chunk fails the video: a partial timeline would mislead
         reason, detail = errs[0] if errs else ("decode_error", "no frames decoded")
         return _fail(video, reason, detail)
-    col = lambda n: table.column(n).to_numpy(zero_copy_only=False)  # noqa: E731
+    col = lambda n: table.column(n).to_numpy(zero_copy_only=False)
     probs = np.stack([col(prob_column(c)) for c in classes], axis=1)
     tl = build(col("t"), col("score"), col("grid"), probs, classes=classes, thresholds=decision,
                duration=plan["duration"], scene_threshold=cfg.scene_threshold, min_gap=cfg.min_scene_s,
