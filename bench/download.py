@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.ingest.download import fetch_items
 from flows.ingest.inputs import discover
 

@@ -83,7 +83,7 @@ def steady(workers: list[list[tuple[float, float, int]]]) -> tuple[float, float]
 
 def prepare(work: Path, n: int, w: int, h: int) -> Path:
     """Generate the corpus and preprocess it once; returns the parquet folder (reused if present)."""
-    from flows.core.config import load_preprocess
+    from flows.ingest.config import load_preprocess
     from flows.corpus import make_corpus
     from flows.ingest.preprocess import run
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.corpus import make_corpus
 from flows.core import labelset
 from flows.ingest.inputs import discover

@@ -83,7 +83,7 @@ def tiny_model() -> Path:
     if done.exists():
         return Path(json.loads(done.read_text())["model"])
     os.environ["SIFT_HOME"] = str(home)
-    from flows.core.config import load_preprocess
+    from flows.ingest.config import load_preprocess
     from flows.corpus import make_corpus
     from flows.ingest.preprocess import run as preprocess
     from train.config import CONFIG_DIR, load_train

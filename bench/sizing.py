@@ -72,7 +72,7 @@ def load1() -> float:
 # -- preprocessing ----------------------------------------------------------------------------------
 
 def preprocessing(work: Path, n: int, size: tuple[int, int]) -> tuple[dict, Path]:
-    from flows.core.config import load_preprocess
+    from flows.ingest.config import load_preprocess
     from flows.corpus import make_corpus
     from flows.ingest.preprocess import run
 
@@ -122,7 +122,7 @@ def embedding(data: Path, backbone_dir: str, batch: int) -> dict:
 
 def training_data(work: Path, n: int) -> Path:
     """A corpus of small images with a large unlabeled pool, preprocessed once (reused)."""
-    from flows.core.config import load_preprocess
+    from flows.ingest.config import load_preprocess
     from flows.corpus import make_corpus
     from flows.ingest.preprocess import run
 

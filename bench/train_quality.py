@@ -59,7 +59,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from flows.core.config import ConfigError, load_preprocess
+from flows.core.config import ConfigError
+
+from flows.ingest.config import load_preprocess
 from flows.corpus import make_corpus
 from flows.corpus.draw import look_of
 from flows.core.runtime import quiet_env

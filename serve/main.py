@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from flows.core.config import add_knobs_flag
+from flows.core.knobs import add_knobs_flag
 
 from serve.config import load_serve
 

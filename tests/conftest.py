@@ -53,7 +53,7 @@ def sift_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def preprocessed(tmp_path_factory, ray_session):
     """A small generated corpus, preprocessed once: ``(corpus_dir, data_dir, manifest)``."""
-    from flows.core.config import load_preprocess
+    from flows.ingest.config import load_preprocess
     from flows.corpus import make_corpus
     from flows.ingest.preprocess import run
 

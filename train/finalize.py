@@ -99,7 +99,7 @@ def crossfit_probs(model, ctx: RunContext) -> tuple[np.ndarray, np.ndarray] | No
             keep = (b["label"] >= 0) & (b["pool"] == 0)
             if keep.any():
                 z = model.embed(normalize(center_crop(b["x"][keep], p.crop), p))
-                xs.append((z if model.n_face == 0 else torch.cat([z, b["face"][keep].to(z.dtype)], -1)).numpy())
+                xs.append(model.head_input(z, b["face"][keep]).numpy())
                 ys.append(b["label"][keep].numpy())
     if sum(len(y) for y in ys) < 2 * k:
         return None
@@ -140,15 +140,16 @@ def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> 
     cal_p, cal_y = val_p[clean], val_y[clean]
     # thin validation: the operating point also rests on cross-fitted clean training items
     cv = crossfit_probs(model, ctx) if thin and cfg.calibration_folds >= 2 else None
-    cv_counts = calibration_counts(cv[1], classes) if cv is not None else None
+    cv_counts = None
     if cv is not None:
+        cv_counts = calibration_counts(cv[1], classes)
         cal_p, cal_y = np.concatenate([cal_p, cv[0]]), np.r_[cal_y, cv[1]]
     if thin:
         also = (f"; the operating point also rests on {cv_counts['total']} cross-fitted clean training items "
                 f"({cfg.calibration_folds} folds: {cv_counts})") if cv is not None else ""
         say(f"[train] calibration rests on few clean validation items: {counts} (fewer than "
-              f"{MIN_CALIBRATION_ITEMS} for {thin}){also}; the temperature and thresholds are rough: label more "
-              "items or raise the preprocess val fraction")
+            f"{MIN_CALIBRATION_ITEMS} for {thin}){also}; the temperature and thresholds are rough: label more "
+            "items or raise the preprocess val fraction")
     decision = calibrate.choose_decision(cal_p, cal_y, classes, positive=cfg.positive,
                                          negative=cfg.negative, max_rate=cfg.threshold_rate,
                                          fallback=cfg.fallback)
@@ -156,9 +157,9 @@ def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> 
     rests = calibration_counts(cal_y, classes)  # what the operating point was chosen on
     if cfg.positive and rests[cfg.negative] < calibrate.min_negatives(cfg.threshold_rate):
         say(f"[train] {rests[cfg.negative]} clean {cfg.negative} calibration items cannot measure "
-              f"{cfg.negative}->{cfg.positive} <= {cfg.threshold_rate:g} (that needs "
-              f"{calibrate.min_negatives(cfg.threshold_rate)}): {cfg.positive} keeps plain argmax; serve with "
-              f"max_rate=... to read a threshold off the validation curve anyway")
+            f"{cfg.negative}->{cfg.positive} <= {cfg.threshold_rate:g} (that needs "
+            f"{calibrate.min_negatives(cfg.threshold_rate)}): {cfg.positive} keeps plain argmax; serve with "
+            f"max_rate=... to read a threshold off the validation curve anyway")
     test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
     tclean = test_pool == 0  # test metrics on clean labels too (the noisy pool enters only the mix estimate)

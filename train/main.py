@@ -16,7 +16,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import torch
 
-from flows.core.config import ConfigError, add_knobs_flag
+from flows.core.config import ConfigError
+
+from flows.core.knobs import add_knobs_flag
 from flows.core.errors import SiftError
 from flows.core.runtime import init_ray
 

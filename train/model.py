@@ -117,10 +117,13 @@ class Classifier(nn.Module):
         """pixels (B,3,S,S) float -> embedding (B, D[+K]) (:func:`embed`)."""
         return embed(self.backbone, pixels, self.stats)
 
+    def head_input(self, z: torch.Tensor, face: torch.Tensor | None) -> torch.Tensor:
+        """Embedding (B,D) + face features (B,F) -> the head's input (B, D+F)."""
+        return z if self.n_face == 0 else torch.cat([z, face.to(z.dtype)], dim=-1)
+
     def from_embedding(self, z: torch.Tensor, face: torch.Tensor | None):
         """Cached embedding (B,D) + face features (B,F) -> HeadOutput. Head only."""
-        x = z if self.n_face == 0 else torch.cat([z, face.to(z.dtype)], dim=-1)
-        return self.head(x)
+        return self.head(self.head_input(z, face))
 
     def forward(self, pixels: torch.Tensor | None = None, face: torch.Tensor | None = None,
                 z: torch.Tensor | None = None):

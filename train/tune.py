@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.core.config import add_knobs_flag, build, parse_overrides
+from flows.core.config import build, parse_overrides
+
+from flows.core.knobs import add_knobs_flag
 from flows.core.errors import SiftError
 
 from . import search

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 
 from flows.core import labelset
 from flows.ingest import download
-from flows.core.config import add_knobs_flag, flat, load_preprocess
+from flows.core.config import flat
+from flows.core.knobs import add_knobs_flag
+from flows.ingest.config import load_preprocess
 from flows.ingest.inputs import discover
 from flows.ingest.manifest import build_manifest, decide
 from flows.ingest.process import process_batch

@@ -17,7 +17,7 @@ from PIL import Image
 from flows.ingest import spans
 from flows.media import images, video
 from flows.media.video.sample import sample_frames
-from flows.core.config import PreprocessConfig
+from flows.ingest.config import PreprocessConfig
 from flows.core.schema import FRAME, IMAGE, THUMBNAIL
 from flows.media.validate import Reject, check, read_head, read_limited, sha256_file
 

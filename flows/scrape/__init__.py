@@ -23,7 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 from flows.scrape.browser import Browser
-from flows.core.config import ConfigError, add_knobs_flag
+from flows.core.config import ConfigError
+from flows.core.knobs import add_knobs_flag
 from flows.scrape.feed import classify_remote, server_classes, write_feed
 from flows.scrape.fetch import Fetched, Fetcher, RateLimiter
 from flows.media.images import open_image, prepare

@@ -30,7 +30,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from flows.core.config import ConfigError, add_knobs_flag
+from flows.core.config import ConfigError
+
+from flows.core.knobs import add_knobs_flag
 
 from serve.offline.batch import ENCODED, SCORE, TAGS, check_budget, check_operating_point, prob_column, score, stream
 from serve.offline.batch.config import PredictConfig, load_predict

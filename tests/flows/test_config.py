@@ -2,8 +2,8 @@ import pytest
 
 import dataclasses
 
-from flows.core.config import ConfigError, PreprocessConfig, build, explicit, flat, load_preprocess, parse_overrides, \
-    replace
+from flows.core.config import ConfigError, build, explicit, flat, parse_overrides, replace
+from flows.ingest.config import PreprocessConfig, load_preprocess
 
 
 def test_defaults_load_from_yaml_beside_the_package():
@@ -77,7 +77,7 @@ def test_build_checks_defaults_too():
 def test_knobs_table_lists_every_field_with_its_loaded_default_range_and_help():
     import dataclasses
 
-    from flows.core.config import knobs_table
+    from flows.core.knobs import knobs_table
     from train.config import load_train
 
     cfg = load_train(None, ["epochs=7"])
@@ -104,7 +104,7 @@ def test_every_stage_prints_its_knobs_before_checking_required_arguments(capsys)
 def test_each_default_is_written_once_on_its_field():
     """Loading a stage's config with no file and no override gives its dataclass's own defaults:
     there is no second place (a defaults YAML) where a default could drift."""
-    from flows.core.config import PreprocessConfig, load_preprocess
+    from flows.ingest.config import PreprocessConfig, load_preprocess
     from flows.scrape.config import ScrapeConfig, load_settings
     from serve.offline.batch.config import PredictConfig, ScanConfig, load_predict, load_scan
     from serve.config import ServeConfig, load_serve
@@ -116,7 +116,7 @@ def test_each_default_is_written_once_on_its_field():
 
 
 def test_knobs_show_the_comments_written_with_the_fields():
-    from flows.core.config import knobs_table, source_comments
+    from flows.core.knobs import knobs_table, source_comments
     from serve.config import load_serve
 
     notes = source_comments(type(load_serve()))

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.ingest.download import fetch_items, local_name
 from flows.ingest.inputs import discover
 from flows.ingest.process import process_batch

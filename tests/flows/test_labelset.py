@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from flows.core.config import ConfigError, load_preprocess
+from flows.core.config import ConfigError
+
+from flows.ingest.config import load_preprocess
 from flows.core.labelset import data_classes, for_input, label_names, resolve
 
 

@@ -4,7 +4,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.corpus import make_corpus
 from flows.ingest.preprocess import run
 

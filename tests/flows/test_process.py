@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.ingest.process import STAGING_SCHEMA, process_batch
 
 

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from flows.ingest import spans
-from flows.core.config import ConfigError, load_preprocess
+from flows.core.config import ConfigError
+from flows.ingest.config import load_preprocess
 from flows.ingest.inputs import discover
 from flows.ingest.process import STAGING_SCHEMA, process_batch
 from flows.core.schema import REJECT_REASONS

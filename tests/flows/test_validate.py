@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from flows.core.config import load_preprocess
+from flows.ingest.config import load_preprocess
 from flows.media.validate import Reject, check, read_head, sniff
 
 

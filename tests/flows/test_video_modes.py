@@ -5,7 +5,9 @@ import subprocess
 
 import pytest
 
-from flows.core.config import ConfigError, load_preprocess
+from flows.core.config import ConfigError
+
+from flows.ingest.config import load_preprocess
 from flows.ingest.process import process_item
 
 pytestmark = pytest.mark.slow

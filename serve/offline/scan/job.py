@@ -31,7 +31,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.core.config import ConfigError, add_knobs_flag, flat
+from flows.core.config import ConfigError, flat
+
+from flows.core.knobs import add_knobs_flag
 from flows.media.validate import Reject, check, read_head
 from flows.media.video import VideoError, check_limits, output_size, probe
 
