@@ -72,14 +72,15 @@ def _jpeg(img, cfg: ScrapeConfig) -> dict:
 
 def download(fetcher: Fetcher, url: str, page: str, cfg: ScrapeConfig) -> tuple[list[dict], dict | None]:
     """Fetch + compress one media URL: ``(items, None)`` or ``([], failure)``; never raises."""
-    got, failure = fetcher.try_fetch(url)
-    if failure:
-        return [], {**failure, "page": page}
     try:
+        got, failure = fetcher.try_fetch(url)
+        if failure:
+            return [], {**failure, "page": page}
         return media_items(got, cfg, page), None
     except Exception as exc:  # Reject, VideoError: reason codes; anything else is still one item
         reason = getattr(exc, "reason", "internal_error")
-        return [], {"url": url, "page": page, "reason": reason, "detail": str(getattr(exc, "detail", exc))[:300]}
+        return [], {"url": url[:2000], "page": page, "reason": reason,
+                    "detail": str(getattr(exc, "detail", exc))[:300]}
 
 
 
@@ -132,9 +133,18 @@ def actor_classes():
     return BrowserActor, HostGate
 
 
+def failed_page(url: str, exc: BaseException) -> dict:
+    """The result of a start URL whose actor died or raised: one failure row, nothing else lost."""
+    detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
+    return {"url": url, "pages": [], "found": 0, "items": [], "blocked": [], "connections": {}, "seconds": 0.0,
+            "failures": [{"url": url, "page": url, "reason": "browser_crashed", "detail": detail}]}
+
+
 def scrape(urls: list[str], recipe: Recipe, cfg: ScrapeConfig, progress: bool = True) -> list[dict]:
-    """Scrape start URLs on ``cfg.browsers`` browser actors; page results in the order of ``urls``."""
-    from ray.util import ActorPool
+    """Scrape start URLs on ``cfg.browsers`` browser actors; page results in the order of ``urls``.
+
+    A start URL whose actor dies (a browser crash, memory) or raises is a ``browser_crashed`` failure
+    row; that actor is replaced and the other URLs carry on."""
     from tqdm import tqdm
 
     from flows.core.runtime import init_ray
@@ -142,12 +152,26 @@ def scrape(urls: list[str], recipe: Recipe, cfg: ScrapeConfig, progress: bool = 
     ray = init_ray()
     BrowserActor, HostGate = actor_classes()
     gate = HostGate.remote(cfg.rate_limit_s) if cfg.rate_limit_s > 0 else None
-    actors = [BrowserActor.options(num_cpus=cfg.browser_cpus).remote(cfg, recipe, gate)
-              for _ in range(min(cfg.browsers, len(urls)))]
-    results = []
+    new_actor = lambda: BrowserActor.options(num_cpus=cfg.browser_cpus).remote(cfg, recipe, gate)
+    actors = [new_actor() for _ in range(min(cfg.browsers, len(urls)))]
+    idle, queue, pending, results = list(actors), list(urls), {}, []
     try:
         with tqdm(total=len(urls), unit="page", disable=not progress, desc="scrape") as bar:
-            for res in ActorPool(actors).map_unordered(lambda a, u: a.scrape.remote(u, recipe.max_items), urls):
+            while queue or pending:
+                while idle and queue:
+                    actor, url = idle.pop(), queue.pop(0)
+                    pending[actor.scrape.remote(url, recipe.max_items)] = (actor, url)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor, url = pending.pop(ready[0])
+                try:
+                    res = ray.get(ready[0])
+                except Exception as exc:  # RayActorError, a task error: this URL only
+                    res = failed_page(url, exc)
+                    ray.kill(actor)
+                    actors.remove(actor)
+                    actor = new_actor()
+                    actors.append(actor)
+                idle.append(actor)
                 results.append(res)
                 bar.update()
                 if progress:

@@ -1,18 +1,31 @@
 """The browser shell of ``sift scrape``: one headless Chromium that only renders pages.
 
-Its own image/media/font requests are aborted and its document requests pass the same address and
-robots policy as every download (:class:`flows.scrape.fetch.Fetcher`), so the browser never becomes a way
-around the guard. Collection runs in the page (``COLLECT_JS``); turning records into URLs is pure
+Chromium never touches the network itself. Its image/media/font requests are aborted; every other
+request is fulfilled from :meth:`flows.scrape.fetch.Fetcher.fetch_resource`: the same address policy,
+robots.txt (for documents), pinning to the checked address and a body cap as every download, one
+hop at a time (a redirect goes back to the browser, whose next request is routed and checked again).
+So a name that resolves to a public address for the check and to 127.0.0.1 for the connect (DNS
+rebinding) reaches nothing. What no route sees is shut too: the browser's own proxy is a dead
+loopback port (preconnects, DNS prefetch and anything unrouted fail there), WebRTC may use no
+non-proxied UDP and its constructors are removed from every page, web sockets are answered by a
+mock, and only http(s) URLs are ever navigated to (a ``file://`` next link ends the walk).
+
+Every page step (load, evaluate, scroll, click) is bounded: a watchdog kills this actor's Chromium
+when one step outlives ``page_timeout_s`` (a script spinning in ``for(;;);`` never answers an
+evaluate), the visit becomes a ``page_timeout`` failure row, and the next visit launches a fresh
+browser. Collection runs in the page (``COLLECT_JS``); turning records into URLs is pure
 (:mod:`flows.scrape.parse`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
-from flows.scrape.fetch import FetchError, Fetcher
+from flows.scrape.fetch import FetchError, Fetcher, check_url
 
 if TYPE_CHECKING:
     from flows.scrape.config import Recipe, ScrapeConfig
@@ -20,14 +33,23 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------- the browser shell
 
+# A dead proxy (port 9, discard, on loopback; "<-loopback>" sends loopback there too): routed requests
+# are fulfilled before any proxy, so only what no route sees (preconnect, prefetch) goes there and fails.
+DEAD_PROXY = "http://127.0.0.1:9"
 LAUNCH_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic")
+                "--disable-sync", "--no-first-run", "--disable-quic", f"--proxy-server={DEAD_PROXY}",
+                "--proxy-bypass-list=<-loopback>", "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+                "--webrtc-ip-handling-policy=disable_non_proxied_udp", "--disable-features=NetworkPrediction")
+# Run in every frame before the page's own scripts: no peer connections (they open UDP sockets that
+# no route sees), no navigator.sendBeacon (its requests are "ping"s, aborted anyway: fail loudly).
+INIT_JS = """(() => { for (const k of ['RTCPeerConnection', 'webkitRTCPeerConnection', 'RTCDataChannel',
+  'RTCRtpSender', 'RTCRtpReceiver', 'RTCIceCandidate', 'RTCSessionDescription'])
+  try { delete window[k]; Object.defineProperty(window, k, {value: undefined}); } catch (e) {} })();"""
 # The browser renders pages but never loads media itself: every media byte must come through the
 # Fetcher's guard (the browser's own redirects are not routed, so an <img> pointing at a redirect to
 # an internal address would otherwise reach it).
 BLOCKED_TYPES = {"image", "media", "font", "other", "ping", "beacon", "manifest", "texttrack", "eventsource",
                  "websocket", "csp_report"}
-REDIRECTS = (301, 302, 303, 307, 308)
 # Raw attribute values of every media element (resolved and parsed in Python by flows.scrape.parse).
 COLLECT_JS = """(o) => {
   const vis = (el) => !o.visible || !el || !el.checkVisibility ||
@@ -71,6 +93,10 @@ def chromium_path(cfg: ScrapeConfig, pw) -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+class PageTimeout(Exception):
+    """A page step outlived ``page_timeout_s``; the browser was killed."""
+
+
 class Browser:
     """One headless Chromium; every request it makes passes the same address/robots policy."""
 
@@ -78,56 +104,100 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self.cfg, self.fetcher, self.blocked, self.page = cfg, fetcher, [], None
+        self.timed_out = threading.Event()  # set by the watchdog when it killed the browser
         self.pw = sync_playwright().start()
+        self._launch()
+
+    def _launch(self) -> None:
+        cfg = self.cfg
         self.browser = self.pw.chromium.launch(executable_path=chromium_path(cfg, self.pw), headless=True,
                                                args=[*LAUNCH_FLAGS, *cfg.browser_args])
         w, h = cfg.viewport
         self.context = self.browser.new_context(user_agent=cfg.user_agent, service_workers="block",
                                                 viewport={"width": w, "height": h})
+        self.context.add_init_script(INIT_JS)
         self.context.route("**/*", self._route)
         self.context.route_web_socket(re.compile(".*"), lambda ws: None)  # mocked: never connects
+        self.page = None
+        self.timed_out.clear()
 
     def close(self) -> None:
-        self.browser.close()
+        with contextlib.suppress(Exception):  # a killed browser has nothing left to close
+            self.browser.close()
         self.pw.stop()
 
     def _route(self, route) -> None:
-        """Abort media; check and fetch the rest by hand so every redirect hop is checked too."""
-        from flows.scrape.fetch import check_url
-
-        req, url = route.request, route.request.url
+        """Abort media; fulfil the rest from the Fetcher: checked, pinned, capped, one hop."""
+        req = route.request
         if req.resource_type in BLOCKED_TYPES:
             return route.abort("blockedbyclient")
         try:
-            for _ in range(self.cfg.max_redirects + 1):
-                check_url(url, self.fetcher.resolver, self.cfg.allow_hosts, self.cfg.allow_private)
-                if req.resource_type == "document" and self.cfg.robots and not self.fetcher.robots.allowed(url):
-                    raise FetchError("robots_disallowed", url)
-                resp = route.fetch(url=url, max_redirects=0, timeout=self.cfg.page_timeout_s * 1000)
-                location = resp.headers.get("location")
-                if resp.status in REDIRECTS and location:
-                    url = urljoin(url, location)
-                    continue
-                if url != req.url and req.is_navigation_request():  # let the page's URL be the final one
-                    return route.fulfill(status=302, headers={"location": url})
-                return route.fulfill(response=resp)
-            raise FetchError("too_many_redirects", req.url)
+            if req.resource_type == "document" and self.cfg.robots:  # the address first: its reason counts
+                check_url(req.url, self.fetcher.resolver, self.cfg.allow_hosts, self.cfg.allow_private)
+                if not self.fetcher.robots.allowed(req.url):
+                    raise FetchError("robots_disallowed", req.url)
+            res = self.fetcher.fetch_resource(req.url, req.method, req.all_headers(), req.post_data_buffer,
+                                              self.cfg.max_page_bytes)
+            return route.fulfill(status=res.status, headers=res.headers, body=res.body)
         except FetchError as exc:
-            self.blocked.append({"url": url, "type": req.resource_type, "reason": exc.reason})
-            return route.abort("blockedbyclient")
-        except Exception:  # network error, page closed meanwhile: the request just fails
-            try:
+            self.blocked.append({"url": req.url[:2000], "type": req.resource_type, "reason": exc.reason})
+            with contextlib.suppress(Exception):
+                route.abort("blockedbyclient")
+        except Exception:  # the page closed meanwhile, a killed browser: the request just fails
+            with contextlib.suppress(Exception):
                 route.abort("failed")
-            except Exception:
-                pass
+
+    @contextlib.contextmanager
+    def _bounded(self):
+        """One page step: past ``page_timeout_s`` (plus a grace for Playwright's own timeouts to fire
+        first) the watchdog kills this browser, which ends the blocked call; PageTimeout is raised."""
+        timer = threading.Timer(self.cfg.page_timeout_s + 5.0, self._kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except Exception as exc:
+            if self.timed_out.is_set():
+                raise PageTimeout(f"a page step ran past {self.cfg.page_timeout_s:g} s; browser restarted") from exc
+            raise
+        finally:
+            timer.cancel()
+
+    def _kill(self) -> None:
+        """Kill this process's Chromium (the Playwright driver's children); the driver then fails
+        every pending call with "Target closed"."""
+        import psutil
+
+        self.timed_out.set()
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "chrom" in proc.name().lower() or "headless" in proc.name().lower():
+                    proc.kill()
 
     def _page(self):
         """The actor's one tab, reused: a new tab per start URL costs a renderer process each time,
         which measured 2-3x the CPU of the whole visit on a 2-core machine."""
+        if self.timed_out.is_set() or not self.browser.is_connected():
+            self.close_browser()
+            self._launch()
         if self.page is None or self.page.is_closed():
             self.page = self.context.new_page()
             self.page.set_default_timeout(self.cfg.page_timeout_s * 1000)
         return self.page
+
+    def close_browser(self) -> None:
+        with contextlib.suppress(Exception):
+            self.browser.close()
+
+    def _goto(self, page, url: str) -> None:
+        """Navigate, only ever to http(s): file://, data:, javascript: and the like are refused here
+        (no route sees them)."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            self.blocked.append({"url": url[:2000], "type": "document", "reason": "bad_scheme"})
+            raise FetchError("bad_scheme", f"{scheme or 'no'} scheme: only http and https")
+        with self._bounded():
+            page.goto(url, wait_until="domcontentloaded")
 
     def visit(self, start: str, recipe: Recipe, limit: int) -> dict:
         """Load ``start`` (and its next pages), scroll, collect media URLs: ``{media, pages, error}``."""
@@ -137,7 +207,7 @@ class Browser:
         try:
             for n in range(recipe.max_pages):
                 if target:
-                    page.goto(target, wait_until="domcontentloaded")
+                    self._goto(page, target)
                 pages.append(page.url)
                 self._settle(page, recipe)
                 self._scroll(page, recipe, found, limit)
@@ -146,19 +216,27 @@ class Browser:
                 target = self._next(page, recipe)
                 if target is None:
                     break
-            page.goto("about:blank")  # stop the page's scripts while its media downloads
-        except Exception as exc:  # a page that does not load is one failure, not a crash
+                if target and urlsplit(target).scheme.lower() not in ("http", "https"):
+                    self.blocked.append({"url": target[:2000], "type": "document", "reason": "bad_scheme"})
+                    break  # a next link to file:// or javascript: ends the walk, the pages so far count
+            with self._bounded():
+                page.goto("about:blank")  # stop the page's scripts while its media downloads
+        except Exception as exc:  # a page that does not load or hangs is one failure, not a crash
             why = [b["reason"] for b in self.blocked[nblocked:] if b["type"] == "document"]
-            error = {"url": start, "page": start, "reason": why[-1] if why and not pages else "page_error",
-                     "detail": str(exc).splitlines()[0][:300]}
-            page.close()  # the next start URL gets a fresh tab
+            reason = "page_timeout" if isinstance(exc, PageTimeout) else \
+                why[-1] if why and not pages else "page_error"
+            error = {"url": start, "page": start, "reason": reason, "detail": (str(exc).splitlines() or [""])[0][:300]}
+            with contextlib.suppress(Exception):
+                page.close()  # the next start URL gets a fresh tab (and a fresh browser after a kill)
         return {"media": [(u, k, p) for u, (k, p) in found.items()], "pages": pages, "error": error}
 
-    @staticmethod
-    def _settle(page, recipe: Recipe) -> None:
+    def _settle(self, page, recipe: Recipe) -> None:
         if recipe.wait_for:
             try:
-                page.wait_for_selector(recipe.wait_for)
+                with self._bounded():
+                    page.wait_for_selector(recipe.wait_for)
+            except PageTimeout:
+                raise
             except Exception:  # a missing marker: collect what is there
                 pass
         if recipe.wait_ms:
@@ -173,7 +251,8 @@ class Browser:
                 "visible": recipe.only_visible}
 
         def gather() -> None:
-            got = page.evaluate(COLLECT_JS, opts)
+            with self._bounded():
+                got = page.evaluate(COLLECT_JS, opts)
             for url, kind in collect(got["base"], got["records"]):
                 if len(found) < limit:
                     found.setdefault(url, (kind, page.url))
@@ -183,21 +262,24 @@ class Browser:
         for _ in range(recipe.scroll_steps):
             if len(found) >= limit:
                 break
-            height, at_bottom = page.evaluate(SCROLL_JS)
+            with self._bounded():
+                height, at_bottom = page.evaluate(SCROLL_JS)
             page.wait_for_timeout(recipe.scroll_pause_ms)
             before = len(found)
             gather()
-            grew = page.evaluate("document.scrollingElement.scrollHeight") > height
+            with self._bounded():
+                grew = page.evaluate("document.scrollingElement.scrollHeight") > height
             idle = idle + 1 if at_bottom and not grew and len(found) == before else 0
             if idle >= 2:  # twice at the bottom with nothing new: the feed has ended
                 break
 
-    @staticmethod
-    def _next(page, recipe: Recipe) -> str | None:
+    def _next(self, page, recipe: Recipe) -> str | None:
         """The next page's URL; "" after clicking a button without href; None when there is none."""
-        href = page.evaluate("(s) => { const e = document.querySelector(s); return e ? (e.href || '') : null; }",
-                             recipe.next_selector)
+        with self._bounded():
+            href = page.evaluate("(s) => { const e = document.querySelector(s); return e ? (e.href || '') : null; }",
+                                 recipe.next_selector)
         if href == "":
-            page.click(recipe.next_selector)
-            page.wait_for_load_state()
+            with self._bounded():
+                page.click(recipe.next_selector)
+                page.wait_for_load_state()
         return href

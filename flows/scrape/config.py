@@ -48,7 +48,9 @@ class ScrapeConfig:
     browser_cpus: float = knob(0.5, lo=0.05, hi=16.0)
     chromium: str = ""  # path; empty: Playwright's own browser if installed, else the system's
     browser_args: tuple[str, ...] = ()  # extra Chromium flags
+    # every page step (load, evaluate, scroll, click): past it the browser is killed and replaced
     page_timeout_s: float = knob(30.0, lo=1.0, hi=600.0)
+    max_page_bytes: int = knob(10_000_000, lo=1, help="body cap of each page, script or stylesheet the browser loads")
     viewport: tuple[int, ...] = (1280, 900)
     # Backend submission (--to-server) and the filtered feed.
     submit_batch: int = knob(32, lo=1, hi=1000)  # items per job (one page may become several jobs)

@@ -2,7 +2,9 @@
 
 A page decides which URLs we fetch, so each request is treated as hostile:
 
-- only ``http``/``https``; the host is resolved once and *every* resolved address must be public
+- only ``http``/``https``, at most ``MAX_URL`` characters; an IDN host goes out in its ASCII (punycode)
+  form and raw control, space or non-ASCII characters in the path and query are percent-encoded, as
+  a browser does (a URL that still cannot be sent is ``bad_url``); the host is resolved once and *every* resolved address must be public
   (not private, loopback, link-local, multicast, reserved or unspecified) unless the host or the
   address is allow-listed (``allow_hosts``) or ``allow_private`` is set; the connection then goes
   to the checked address (pinned: the Host header and TLS SNI carry the name), so a DNS answer
@@ -29,7 +31,7 @@ import urllib.robotparser
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -40,7 +42,17 @@ from flows.media.validate import sniff
 REDIRECTS = (301, 302, 303, 307, 308)
 RETRY_STATUS = (429, 500, 502, 503, 504)
 REASONS = ("bad_scheme", "bad_url", "dns_error", "refused_address", "robots_disallowed", "too_large",
-           "empty", "not_media", "timeout", "connect_error", "too_many_redirects")  # + http_<code>
+           "empty", "not_media", "timeout", "connect_error", "too_many_redirects",
+           "internal_error")  # + http_<code>
+MAX_URL = 8192  # characters; longer "URLs" (a 70 KB data blob in src) are bad_url, not a request
+# what percent-encoding leaves alone in a path or query: RFC 3986's reserved and unreserved sets, and %
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+# request headers the browser's own network stack owns (httpx sets its own), and response headers
+# that describe the wire form of a body that httpx has already decoded
+_HOP_REQUEST = {"host", "connection", "content-length", "accept-encoding", "keep-alive", "proxy-authorization",
+                "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+_HOP_RESPONSE = {"connection", "content-length", "content-encoding", "keep-alive", "transfer-encoding",
+                 "trailer", "upgrade", "proxy-authenticate"}
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -57,6 +69,15 @@ class Target:
     host: str
     port: int
     ip: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One hop of a browser request, as the server answered it (a 3xx is returned, not followed)."""
+    url: str
+    status: int
+    headers: dict[str, str]  # multiple values joined (Set-Cookie lines by a newline, as Playwright wants)
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -99,15 +120,43 @@ def allow_listed(host: str, ip: str, allow_hosts) -> bool:
     return False
 
 
-def check_url(url: str, resolver: Resolver, allow_hosts=(), allow_private: bool = False) -> Target:
-    """Scheme, host and address policy for one URL; raises FetchError before any connection."""
+def normalise_url(url: str) -> str:
+    """``url`` in the form that goes on the wire: an IDN host in punycode, raw control, space and
+    non-ASCII characters of the path and query percent-encoded (what a browser sends). FetchError
+    bad_url for what cannot be one (too long, a host that is not a valid name, a bad port)."""
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        raise FetchError("bad_url", f"longer than {MAX_URL} characters" if isinstance(url, str) else "not text")
     try:
-        parts = urlsplit(url)
-        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname or "", parts.port
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as exc:
+        raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:300]) from None
+    if any(ord(c) < 0x21 or ord(c) == 0x7f or c in "/\\" for c in ascii_host):
+        raise FetchError("bad_url", f"bad host {host!r}"[:300])
+    netloc = parts.netloc
+    if ascii_host != host or not netloc.isascii():
+        userinfo = netloc.rpartition("@")[0]
+        name = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
+        netloc = (f"{quote(userinfo, safe=':%')}@" if userinfo else "") + name + (f":{port}" if port else "")
+    path, query = (quote(x, safe=_URL_SAFE) for x in (parts.path, parts.query))
+    return urlunsplit((parts.scheme, netloc, path, query, ""))  # the fragment never goes on the wire
+
+
+def check_url(url: str, resolver: Resolver, allow_hosts=(), allow_private: bool = False) -> Target:
+    """Scheme, host and address policy for one URL; raises FetchError before any connection.
+    ``Target.url`` is the URL as it goes on the wire (:func:`normalise_url`)."""
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        normalise_url(url)  # raises bad_url
+    try:
+        scheme = urlsplit(url).scheme.lower()
     except ValueError as exc:
         raise FetchError("bad_url", str(exc)) from None
     if scheme not in ("http", "https"):
         raise FetchError("bad_scheme", f"{scheme or 'no'} scheme: only http and https")
+    url = normalise_url(url)
+    parts = urlsplit(url)
+    host, port = (parts.hostname or "").lower(), parts.port
     if not host:
         raise FetchError("bad_url", "no host")
     port = port or (443 if scheme == "https" else 80)
@@ -210,11 +259,49 @@ class Fetcher:
         return self._follow(url, media=True)
 
     def try_fetch(self, url: str) -> tuple[Fetched | None, dict | None]:
-        """``(fetched, None)`` or ``(None, {"url", "reason", "detail"})``: never raises for a URL."""
+        """``(fetched, None)`` or ``(None, {"url", "reason", "detail"})``: never raises for a URL.
+        An error that is not a FetchError (a bug, not the URL's fault) is still this URL's failure
+        row, ``internal_error`` with the exception named, so one URL never ends a scrape."""
         try:
             return self.fetch(url), None
         except FetchError as exc:
-            return None, {"url": url, "reason": exc.reason, "detail": exc.detail[:300]}
+            return None, {"url": url[:2000], "reason": exc.reason, "detail": exc.detail[:300]}
+        except Exception as exc:
+            return None, {"url": url[:2000], "reason": "internal_error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def fetch_resource(self, url: str, method: str = "GET", headers: dict | None = None,
+                       body: bytes | None = None, limit: int = 10_000_000) -> Resource:
+        """One request of the browser's (a page, a script, a stylesheet, an XHR) through the same
+        guard and pinning as media: the address is checked and connected to as checked, at most
+        ``limit`` body bytes are read, and a redirect comes back as it is (the browser then asks for
+        its Location, which is routed and checked like any request). No retries and no rate limit:
+        a page's own sub-resources are what one visit of a browser loads. Raises FetchError."""
+        target = check_url(url, self.resolver, self.cfg.allow_hosts, self.cfg.allow_private)
+        pinned, wire = self._pinned(target)
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() not in _HOP_REQUEST and not k.startswith(":")}
+        try:
+            with self.client.stream(method, pinned, headers={**sent, **wire["headers"]}, content=body,
+                                    extensions=wire["extensions"]) as resp:
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise FetchError("too_large", f"Content-Length {declared} > {limit}")
+                buf = bytearray()
+                for chunk in resp.iter_bytes():
+                    buf += chunk
+                    if len(buf) > limit:
+                        raise FetchError("too_large", f"more than {limit} bytes")
+                out: dict[str, str] = {}
+                for k, v in resp.headers.multi_items():
+                    k = k.lower()
+                    if k not in _HOP_RESPONSE:
+                        out[k] = f"{out[k]}{chr(10) if k == 'set-cookie' else ', '}{v}" if k in out else v
+                return Resource(target.url, resp.status_code, out, bytes(buf))
+        except httpx.TimeoutException as exc:
+            raise FetchError("timeout", f"{type(exc).__name__} after {self.cfg.timeout_s:g} s") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:
+            raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:300]) from None
+        except httpx.HTTPError as exc:
+            raise FetchError("connect_error", f"{type(exc).__name__}: {exc}") from None
 
     def _robots_text(self, url: str) -> tuple[int, str]:
         got = self._follow(url, media=False)
@@ -254,16 +341,9 @@ class Fetcher:
         delay = self.reserve(host_key(target.url))
         if delay > 0:
             self.sleep(delay)
-        parts = urlsplit(target.url)
-        ip = f"[{target.ip}]" if ":" in target.ip else target.ip
-        pinned = urlunsplit((target.scheme, f"{ip}:{target.port}", parts.path or "/", parts.query, ""))
-        default = target.port == (443 if target.scheme == "https" else 80)
-        headers = {"Host": target.host if default else f"{target.host}:{target.port}"}
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        with self._lock:
-            self.connections[target.ip] += 1
+        pinned, wire = self._pinned(target)
         try:
-            with self.client.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
+            with self.client.stream("GET", pinned, **wire) as resp:
                 if resp.status_code in REDIRECTS:
                     location = resp.headers.get("location")
                     if not location:
@@ -274,8 +354,23 @@ class Fetcher:
                 return self._read(resp, media)
         except httpx.TimeoutException as exc:
             raise FetchError("timeout", f"{type(exc).__name__} after {self.cfg.timeout_s:g} s") from None
-        except httpx.TransportError as exc:
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError, ValueError) as exc:
+            raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:300]) from None
+        except httpx.HTTPError as exc:  # transport errors, a broken stream, a bad encoding
             raise FetchError("connect_error", f"{type(exc).__name__}: {exc}") from None
+
+    def _pinned(self, target: Target) -> tuple[str, dict]:
+        """(the URL to connect to: the checked address, not the name; {"headers": Host, "extensions":
+        TLS SNI}) for ``target``, counted in ``connections``."""
+        parts = urlsplit(target.url)
+        ip = f"[{target.ip}]" if ":" in target.ip else target.ip
+        pinned = urlunsplit((target.scheme, f"{ip}:{target.port}", parts.path or "/", parts.query, ""))
+        default = target.port == (443 if target.scheme == "https" else 80)
+        headers = {"Host": target.host if default else f"{target.host}:{target.port}"}
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        with self._lock:
+            self.connections[target.ip] += 1
+        return pinned, {"headers": headers, "extensions": extensions}
 
     def _read(self, resp: httpx.Response, media: bool):
         """Stream the body: stop at the size cap, and after the first bytes if they are not media."""

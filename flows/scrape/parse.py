@@ -111,17 +111,22 @@ def normalize(url: str) -> str:
 
 def resolve(base: str, url: str | None) -> str | None:
     """``url`` made absolute against the page ``base`` and normalized; None for placeholders
-    (``data:``, ``blob:``, ``javascript:``), empty values and URLs that cannot be parsed."""
+    (``data:``, ``blob:``, ``javascript:``) and empty values. A URL that cannot be parsed (an invalid
+    port, a broken IPv6 literal) is returned as written: the fetcher makes it a ``bad_url`` failure
+    row, so what a page pointed at is never dropped silently."""
     if not url or not url.strip():
         return None
     url = url.strip()
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return url
     if scheme in _SKIP_SCHEMES:
         return None
     try:
         return normalize(urljoin(base, url))
-    except ValueError:  # e.g. an invalid port or a broken IPv6 literal
-        return None
+    except ValueError:
+        return url
 
 
 def guess_kind(url: str, content_type: str | None = None) -> str | None:

@@ -186,6 +186,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(503 if Handler.hits[p] <= 2 else 200, JPEG if Handler.hits[p] > 2 else b"")
         if p == "/down.jpg":
             return self._send(503, b"")
+        if p == "/a%20b%7Fc.jpg":  # a raw space and DEL in a page's src, sent percent-encoded
+            return self._send(200, JPEG)
+        if p == "/cookie":
+            return self._send(200, b"<html>ok</html>", "text/html",
+                              headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
         if p == "/slow.jpg":
             time.sleep(1.0)
             return self._send(200, JPEG)
@@ -270,3 +275,49 @@ def test_rate_limit_is_applied_per_host(site):
         f.fetch(site + "/a.jpg")
     # robots.txt + 3 images to one host: each request waits for its slot (sleep is faked here)
     assert len(sleeps) == 3 and all(0.05 < s <= 0.6 for s in sleeps)
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://b\u00fccher.test/x.jpg", "dns_error"),  # an IDN host: asked for in punycode, unknown here
+    ("http://ex\x7fample.test/x.jpg", "bad_url"), ("http://[::1/x.jpg", "bad_url"),
+    ("http://example.test:99999/x.jpg", "bad_url"), ("http://example.test/" + "x" * 70_000, "bad_url"),
+    ("javascript:alert(1)", "bad_scheme"), ("file:///etc/passwd", "bad_scheme"),
+])
+def test_hostile_urls_are_failure_rows_not_exceptions(url, reason):
+    asked = []
+    f = Fetcher(cfg(), resolver=lambda host, port: asked.append(host) or (_ for _ in ()).throw(OSError("no")),
+                transport=NoNetwork())
+    got, failure = f.try_fetch(url)
+    assert got is None and failure["reason"] == reason, failure
+    assert asked in ([], ["xn--bcher-kva.test"])  # the name asked for is the ASCII form
+
+
+def test_raw_control_characters_in_a_path_are_sent_percent_encoded(local, site):
+    got = local.fetch(site + "/a b\x7fc.jpg")
+    assert got.data == JPEG and "/a%20b%7Fc.jpg" in Handler.hits
+
+
+def test_an_unexpected_error_is_still_one_url_failure(local, site, monkeypatch):
+    monkeypatch.setattr(local, "_follow", lambda url, media: 1 / 0)
+    got, failure = local.try_fetch(site + "/a.jpg")
+    assert got is None and failure["reason"] == "internal_error" and "ZeroDivisionError" in failure["detail"]
+
+
+def test_browser_resources_are_pinned_capped_and_redirects_come_back_unfollowed(site):
+    """What the browser's route handler gets: one hop, at the checked address, capped, headers kept."""
+    Handler.log.clear()
+    port = site.rsplit(":", 1)[1]
+    f = Fetcher(cfg(allow_hosts=("127.0.0.1",)), resolver=fake_resolver({"site.test": ["127.0.0.1"]}))
+    hop = f.fetch_resource(f"http://site.test:{port}/r/1")
+    assert (hop.status, hop.headers["location"], hop.body) == (302, "/r/2", b"")
+    assert [p for p, _ in Handler.log] == ["/r/1"]  # not followed: the browser asks again, routed again
+    page = f.fetch_resource(f"http://site.test:{port}/cookie", headers={"Host": "evil.test", "Cookie": "s=1"})
+    assert page.status == 200 and page.headers["set-cookie"] == "a=1\nb=2" and page.body == b"<html>ok</html>"
+    assert Handler.log[-1] == ("/cookie", f"site.test:{port}")  # the Host is the checked name's
+    assert f.fetch_resource(f"{site}/nope").status == 404  # an error page is still the page's answer
+    with pytest.raises(FetchError) as exc:
+        f.fetch_resource(f"{site}/page.html", limit=10_000)
+    assert exc.value.reason == "too_large"
+    with pytest.raises(FetchError) as exc:
+        f.fetch_resource("http://10.0.0.5/")
+    assert exc.value.reason == "refused_address"

@@ -49,7 +49,7 @@ def test_css_urls(value, urls):
     ("http://site.test/", "   ", None),
     ("http://site.test/", None, None),
     ("http://site.test/", "file:///etc/passwd", "file:///etc/passwd"),  # kept: the fetcher refuses it
-    ("http://site.test/", "http://[::1]:99999/x", None),  # invalid port
+    ("http://site.test/", "http://[::1]:99999/x", "http://[::1]:99999/x"),  # kept: the fetcher says bad_url
 ])
 def test_resolve(base, url, out):
     assert parse.resolve(base, url) == out
