@@ -156,12 +156,28 @@ def hue_rotate(x: Tensor, hue: float = 0.0, generator: torch.Generator | None = 
     return y.clamp_(0, 255).round_().to(torch.uint8)
 
 
+def random_invert(x: Tensor, invert: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """Each image replaced by its negative 255 - x with probability ``invert`` (torchvision's
+    RandomInvert): light pages become dark-mode ones and back. Chroma (max - min over the channels)
+    is kept exactly, so colourfulness stays a cue; brightness flips and hue turns half a turn (pair it
+    with a hue shift where the palette is a nuisance). uint8 (B, 3, H, W), same shape. ``invert`` 0
+    returns x and draws nothing."""
+    _check_images(x)
+    if not 0 <= invert <= 1:
+        raise ValueError(f"invert must be a probability in [0, 1], got {invert}")
+    if invert == 0:
+        return x
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < invert
+    return torch.where(flip[:, None, None, None], 255 - x, x)
+
+
 def augment(x: Tensor, out_hw: tuple[int, int], generator: torch.Generator | None = None, **kw) -> Tensor:
-    """random_resized_crop -> random_flip -> color_jitter -> hue_rotate. Crop first: the later steps
-    then run on the smaller image. kw: scale, ratio (crop); p (flip); brightness, contrast, saturation
-    (jitter); hue (hue_rotate). uint8 (B, 3, H, W) -> uint8 (B, 3, *out_hw)."""
+    """random_resized_crop -> random_flip -> color_jitter -> random_invert -> hue_rotate. Crop first:
+    the later steps then run on the smaller image. kw: scale, ratio (crop); p (flip); brightness,
+    contrast, saturation (jitter); invert (random_invert); hue (hue_rotate).
+    uint8 (B, 3, H, W) -> uint8 (B, 3, *out_hw)."""
     groups = {"crop": ("scale", "ratio"), "flip": ("p",),
-              "jitter": ("brightness", "contrast", "saturation"), "hue": ("hue",)}
+              "jitter": ("brightness", "contrast", "saturation"), "invert": ("invert",), "hue": ("hue",)}
     unknown = set(kw) - {k for keys in groups.values() for k in keys}
     if unknown:
         raise TypeError(f"augment() got unknown options {sorted(unknown)}")
@@ -169,16 +185,19 @@ def augment(x: Tensor, out_hw: tuple[int, int], generator: torch.Generator | Non
     x = random_resized_crop(x, out_hw, generator=generator, **pick["crop"])
     x = random_flip(x, generator=generator, **pick["flip"])
     x = color_jitter(x, generator=generator, **pick["jitter"])
+    x = random_invert(x, generator=generator, **pick["invert"])
     return hue_rotate(x, generator=generator, **pick["hue"])
 
 
-def augment_kwargs(min_area: float, jitter: float, saturation: float, hue: float = 0.0) -> dict:
+def augment_kwargs(min_area: float, jitter: float, saturation: float, hue: float = 0.0,
+                   invert: float = 0.0) -> dict:
     """:func:`augment` keywords from the train config's knobs: crops keep at least ``min_area`` of
     the square (a face or a text line at its edge survives), brightness/contrast jitter ``jitter``, a
     separate, milder saturation jitter (saturation can be the class signal: jitter must not erase it),
-    and a hue shift (the palette changes, saturation stays)."""
+    a hue shift (the palette changes, saturation stays) and the chance of a negative (light and dark
+    pages swap, chroma stays)."""
     return {"scale": (float(min_area), 1.0), "brightness": float(jitter), "contrast": float(jitter),
-            "saturation": float(saturation), "hue": float(hue)}
+            "saturation": float(saturation), "invert": float(invert), "hue": float(hue)}
 
 
 def feature_noise(z: Tensor, std: float = 0.1, dropout: float = 0.1,

@@ -63,6 +63,8 @@ class TrainConfig:
     aug_saturation: float = knob(0.1, lo=0.0, hi=1.0, help="saturation jitter (mild: saturation can be the signal)")
     aug_hue: float = knob(0.0, lo=0.0, hi=0.5, help="hue shift, a fraction of a turn (0.5: any palette; "
                           "keep 0 where hue is the signal)")
+    aug_invert: float = knob(0.0, lo=0.0, hi=1.0, help="chance of a negative image (light and dark pages swap; "
+                             "chroma kept, hue turned: pair with aug_hue)")
     # Rare classes: clean items weighted (N / (C n_c))^balance (1: every class counts alike; 0: as drawn).
     balance: float = knob(1.0, lo=0.0, hi=1.0, help="class weights (N / C n_c)^balance on clean items; 0: none")
     # Noisy pools (preprocess noisy_pools): trained towards their prior (refined by the teacher when

@@ -19,6 +19,7 @@ from .transforms import center_crop, normalize
 
 if TYPE_CHECKING:
     from .context import RunContext
+    from .schedule import TrainState
 
 
 def _outputs(model, name, ctx) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray]:
@@ -120,13 +121,13 @@ def binary_point(classes: list[str], thresholds: list[float], positive: str) -> 
     return {i: float(thresholds[i])}
 
 
-def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> dict:
+def finalize(ctx: RunContext, model, state: TrainState, mlflow, run, teacher=None) -> dict:
     cfg, classes = ctx.cfg, ctx.classes
     # the last student/teacher pair scores every item for the review queues (before the best
     # weights replace the student's)
-    preds = predictions.compute(ray.train.get_dataset_shard("predict"), model, teacher, state["phase"], ctx) \
+    preds = predictions.compute(ray.train.get_dataset_shard("predict"), model, teacher, state.phase, ctx) \
         if cfg.predictions else None
-    best = state.get("best_state")
+    best = state.best_state
     if best:
         model.load_state_dict(best["weights"])
     val_logits, val_y, val_scores, val_tags, val_pool = _outputs(model, "val", ctx)
@@ -163,7 +164,7 @@ def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> 
     test_logits, test_y, test_scores, test_tags, test_pool = _outputs(model, "test", ctx)
     test_p = calibrate.apply_temperature(test_logits, temperature)
     tclean = test_pool == 0  # test metrics on clean labels too (the noisy pool enters only the mix estimate)
-    out: dict[str, float] = {"temperature": temperature, "best_val_selection": state["best"],
+    out: dict[str, float] = {"temperature": temperature, "best_val_selection": state.best,
                              **{f"calibration_n_{metrics.metric_name(k)}": float(v) for k, v in counts.items()},
                              **{f"calibration_cv_n_{metrics.metric_name(k)}": float(v)
                                 for k, v in (cv_counts or {}).items()},
@@ -199,7 +200,7 @@ def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> 
             plots.pr_curves_plot(test_p[tclean], test_y[tclean], classes, d / "pr_curves_test.png",
                                  points=binary_point(classes, thresholds, cfg.positive))
             plots.reliability_plot(test_p[tclean], test_y[tclean], d / "reliability_test.png")
-        plots.curves_plot({k: v for k, v in state["history"].items()}, d / "curves.png", title=ctx.run_name)
+        plots.curves_plot({k: v for k, v in state.history.items()}, d / "curves.png", title=ctx.run_name)
         for png in d.glob("*.png"):
             (out_dir / png.name).write_bytes(png.read_bytes())
         if mlflow:
@@ -219,10 +220,10 @@ def finalize(ctx: RunContext, model, state: dict, mlflow, run, teacher=None) -> 
         if ctx.zero_shot else None)
     version = ""
     if mlflow:
-        mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state["step"])
+        mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state.step)
         # one step past the last epoch: MLflow's latest value (what `sift promote` and `sift runs`
         # read) is then the best epoch's score, not the last epoch's
-        mlflow.log_metric(tracking.SELECTION, state["best"], step=state["step"] + 1)
+        mlflow.log_metric(tracking.SELECTION, state.best, step=state.step + 1)
         if mixes:  # each noisy pool's estimated mix beside the prior, with a suggestion when they differ
             mlflow.log_dict(mixes, "noisy_pools.json")
         version = tracking.log_and_register(mlflow, art, cfg.model_name, classes, _example_jpeg(ctx))

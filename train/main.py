@@ -143,7 +143,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         raise ConfigError(f"image_size={cfg.image_size}: backbone {cfg.backbone} takes {preproc.crop} px "
                           "(image_size applies to torchvision CNNs; an HF checkpoint has its own)")
     preproc = dataclasses.replace(preproc, fit=cfg.image_fit)
-    aug = augment_kwargs(cfg.aug_min_area, cfg.aug_jitter, cfg.aug_saturation, cfg.aug_hue)
+    aug = augment_kwargs(cfg.aug_min_area, cfg.aug_jitter, cfg.aug_saturation, cfg.aug_hue, cfg.aug_invert)
     init_ray(num_cpus)
     faces = face_spec(cfg)
     n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0

@@ -6,13 +6,14 @@ schedule: a linear warm-up over ``warmup`` steps, then cosine decay to 0 over th
 unfreezes, because the new parameter group starts from random-ish gradients at a different scale.
 On top of it a plateau multiplier (ReduceLROnPlateau, mode "max") halves the rate after
 ``patience`` epochs without a better validation score, and early stopping ends the run after
-``early_stop`` epochs without one. Everything lives in a plain dict (``EpochState``) so that it is
-checkpointed with the run and a resumed worker carries on where the lost one stopped.
+``early_stop`` epochs without one. Everything a run counts lives in one ``TrainState``, checkpointed
+with the run (as a plain dict, which ``torch.load(weights_only=True)`` reads back) so that a resumed
+worker carries on where the lost one stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TypedDict
 
 from .ramps import cosine_rampdown, linear_rampup
 
@@ -44,18 +45,30 @@ def lr_factor(step: int, length: int, warmup: int, kind: str = "cosine") -> floa
     return warm * max(cosine_rampdown(max(0, step - warmup), max(1, length - warmup)), 1e-3)
 
 
-class EpochState(TypedDict):
-    best: float  # best validation selection score so far (-inf before the first epoch)
-    bad_epochs: int  # epochs since it last improved (early stopping)
-    plateau_bad: int  # the same, reset by each reduction (ReduceLROnPlateau's counter, no cooldown)
-    lr_scale: float  # the plateau multiplier, 1.0 until the first reduction
+@dataclasses.dataclass
+class TrainState:
+    """The counters and decisions of one training run (weights and optimizer are checkpointed beside)."""
+    step: int = 0  # optimizer steps so far, over both phases
+    epoch: int = 0  # epochs finished
+    phase: str = "frozen"  # "frozen" (head on the embedding cache) or "unfrozen" (end to end)
+    phase_step: int = 0  # steps into the current phase (its schedule restarts at 0)
+    best: float = -math.inf  # best validation selection score so far (-inf before the first epoch)
+    bad_epochs: int = 0  # epochs since it last improved (early stopping)
+    plateau_bad: int = 0  # the same, reset by each reduction (ReduceLROnPlateau's counter, no cooldown)
+    lr_scale: float = 1.0  # the plateau multiplier, 1.0 until the first reduction
+    history: dict = dataclasses.field(default_factory=dict)  # metric -> [(step, value)] for the curves
+    best_state: dict | None = None  # {"who", "phase", "weights"} of the best epoch, None before one
+
+    def to_dict(self) -> dict:
+        """Shallow: the best weights are not copied again (they are already a copy)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(**d)
 
 
-def new_epoch_state() -> EpochState:
-    return {"best": -math.inf, "bad_epochs": 0, "plateau_bad": 0, "lr_scale": 1.0}
-
-
-def end_of_epoch(s: EpochState, score: float, *, patience: int, factor: float, early_stop: int) -> dict:
+def end_of_epoch(s: TrainState, score: float, *, patience: int, factor: float, early_stop: int) -> dict:
     """Update ``s`` in place with this epoch's validation ``score`` (higher is better).
 
     Returns {"improved": the score beat the best by a relative 1e-4 (keep these weights), "reduced":
@@ -63,17 +76,17 @@ def end_of_epoch(s: EpochState, score: float, *, patience: int, factor: float, e
     improvement (torch's ReduceLROnPlateau, mode "max"), "stop": ``early_stop`` > 0 epochs without
     improvement}. A non-finite score never improves.
     """
-    improved = math.isfinite(score) and (s["best"] == -math.inf or score > s["best"] + 1e-4 * abs(s["best"]))
+    improved = math.isfinite(score) and (s.best == -math.inf or score > s.best + 1e-4 * abs(s.best))
     if improved:
-        s["best"], s["bad_epochs"], s["plateau_bad"] = score, 0, 0
+        s.best, s.bad_epochs, s.plateau_bad = score, 0, 0
     else:
-        s["bad_epochs"] += 1
-        s["plateau_bad"] += 1
-    reduced = s["plateau_bad"] > patience
+        s.bad_epochs += 1
+        s.plateau_bad += 1
+    reduced = s.plateau_bad > patience
     if reduced:
-        s["lr_scale"] *= factor
-        s["plateau_bad"] = 0
-    return {"improved": improved, "reduced": reduced, "stop": bool(early_stop) and s["bad_epochs"] >= early_stop}
+        s.lr_scale *= factor
+        s.plateau_bad = 0
+    return {"improved": improved, "reduced": reduced, "stop": bool(early_stop) and s.bad_epochs >= early_stop}
 
 
 def set_lr(opt, base_lrs: list[float], factor: float) -> list[float]:

@@ -26,7 +26,7 @@ from .context import RunContext
 from .data import CacheView, PixelView, cycle, shard_batches
 from .loop import mix, predict_logits, train_step
 from .model import Classifier, load_backbone, set_trainable
-from .schedule import end_of_epoch, lr_factor, new_epoch_state, phase_lengths, set_lr
+from .schedule import end_of_epoch, lr_factor, phase_lengths, TrainState, set_lr
 from .progress import say
 from .selection import report_rates, selection_score
 from .teacher import make_teacher
@@ -71,20 +71,19 @@ def train_loop_per_worker(config: dict) -> None:
     set_trainable(model, 0)
     teacher = make_teacher(model) if cfg.mean_teacher else None
     opt = _optimizer(model, cfg, [])
-    state = {"step": 0, "epoch": 0, "best_state": None, "phase": "frozen", "phase_step": 0, "history": {},
-             **new_epoch_state()}
+    state = TrainState()
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # resume after a lost worker: same phase, weights, optimizer, counters
         with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        if saved["state"]["phase"] == "unfrozen":
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        state = TrainState.from_dict(saved["state"])
+        if state.phase == "unfrozen":
             opt = _optimizer(model, cfg, set_trainable(model, cfg.unfreeze_last))
         model.load_state_dict(saved["model"])
         if teacher is not None:
             teacher.load_state_dict(saved["teacher"])
         opt.load_state_dict(saved["opt"])
-        state = saved["state"]
-        say(f"[train] rank {rank} resumed at epoch {state['epoch']} step {state['step']}")
+        say(f"[train] rank {rank} resumed at epoch {state.epoch} step {state.step}")
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if world > 1 else model
     lab_shard = ray.train.get_dataset_shard("labeled")
@@ -93,9 +92,9 @@ def train_loop_per_worker(config: dict) -> None:
     lengths = dict(zip(("frozen", "unfrozen"), phase_lengths(cfg.epochs, steps, cfg.frozen_steps)))
     mlflow, run = _start_run(ctx) if rank == 0 else (None, None)
     cache_view, pixel_view = CacheView(cfg.feature_noise), PixelView(ctx.preproc, ctx.augment)
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.time()
-        mode = "cache" if state["phase"] == "frozen" else "pixels"
+        mode = "cache" if state.phase == "frozen" else "pixels"
         # shuffles seeded by (seed, rank, epoch, pass): the same seed replays the same batches
         passes = itertools.count()
         base = (cfg.seed * 1000 + rank) * 10_000 + epoch * 100
@@ -105,19 +104,19 @@ def train_loop_per_worker(config: dict) -> None:
         view = cache_view if mode == "cache" else pixel_view
         sums: dict[str, float] = {}
         for _ in range(steps):
-            factor = lr_factor(state["phase_step"], lengths[state["phase"]], cfg.warmup_steps, cfg.lr_schedule)
-            rates = set_lr(opt, [grp["base_lr"] for grp in opt.param_groups], factor * state["lr_scale"])
+            factor = lr_factor(state.phase_step, lengths[state.phase], cfg.warmup_steps, cfg.lr_schedule)
+            rates = set_lr(opt, [grp["base_lr"] for grp in opt.param_groups], factor * state.lr_scale)
             batch = mix(next(lab_it), next(unl_it, None) if unl_it else None)
-            stats = {**train_step(ddp, teacher, opt, batch, view, ctx.spec, state["step"], g), "lr": rates[0]}
+            stats = {**train_step(ddp, teacher, opt, batch, view, ctx.spec, state.step, g), "lr": rates[0]}
             if len(rates) > 1:
                 stats["lr_backbone"] = rates[1]
-            state["step"] += 1
-            state["phase_step"] += 1
+            state.step += 1
+            state.phase_step += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if mlflow and state["step"] % 10 == 0:
-                mlflow.log_metrics({f"train_{k}": v for k, v in stats.items()}, step=state["step"])
-            if mode == "cache" and 0 <= cfg.frozen_steps <= state["step"]:
+            if mlflow and state.step % 10 == 0:
+                mlflow.log_metrics({f"train_{k}": v for k, v in stats.items()}, step=state.step)
+            if mode == "cache" and 0 <= cfg.frozen_steps <= state.step:
                 break  # warm-up over: the rest of training is end to end
         # -- evaluate both networks on val; the better one is the candidate ------------------
         val_shard = ray.train.get_dataset_shard("val")
@@ -130,24 +129,24 @@ def train_loop_per_worker(config: dict) -> None:
                                early_stop=cfg.early_stop)
         if decided["improved"]:
             net = teacher if who == "teacher" else model
-            state["best_state"] = {"who": who, "phase": state["phase"], "weights": copy.deepcopy(net.state_dict())}
+            state.best_state = {"who": who, "phase": state.phase, "weights": copy.deepcopy(net.state_dict())}
         if decided["reduced"]:
             say(f"[train] no better {cfg.selection} for {cfg.plateau_patience + 1} epochs: learning rate x "
-                f"{cfg.plateau_factor} (now x{state['lr_scale']:.3g})")
-        if state["phase"] == "frozen" and 0 <= cfg.frozen_steps <= state["step"]:
+                f"{cfg.plateau_factor} (now x{state.lr_scale:.3g})")
+        if state.phase == "frozen" and 0 <= cfg.frozen_steps <= state.step:
             # end to end from here: a new optimizer, and the schedule and plateau multiplier restart
-            state.update(phase="unfrozen", phase_step=0, lr_scale=1.0, plateau_bad=0)
+            state.phase, state.phase_step, state.lr_scale, state.plateau_bad = "unfrozen", 0, 1.0, 0
             opt = _optimizer(model, cfg, set_trainable(model, cfg.unfreeze_last))
-        state["epoch"] = epoch + 1
-        report = {"epoch": epoch + 1, "step": state["step"], "val_selection": score, "best": state["best"],
-                  "lr_scale": state["lr_scale"],
+        state.epoch = epoch + 1
+        report = {"epoch": epoch + 1, "step": state.step, "val_selection": score, "best": state.best,
+                  "lr_scale": state.lr_scale,
                   "epoch_s": time.time() - t0, **{f"train_{k}": v / max(1, steps) for k, v in sums.items()},
                   **res[who], **{f"student_{k}": v for k, v in res["student"].items()}}
         for k in ("val_selection", "train_loss"):
-            state["history"].setdefault(k, []).append((state["step"], report.get(k, float("nan"))))
+            state.history.setdefault(k, []).append((state.step, report.get(k, float("nan"))))
         if mlflow:
-            mlflow.log_metrics({k: float(v) for k, v in report.items() if _finite(v)}, step=state["step"])
-            say(f"[train] epoch {epoch + 1}/{cfg.epochs} step {state['step']} loss {report.get('train_loss', 0):.4f} "
+            mlflow.log_metrics({k: float(v) for k, v in report.items() if _finite(v)}, step=state.step)
+            say(f"[train] epoch {epoch + 1}/{cfg.epochs} step {state.step} loss {report.get('train_loss', 0):.4f} "
                 f"val {cfg.selection}={score:.4f} ({who}) {report['epoch_s']:.1f}s")
         # Ray Train prints what is reported: keep it to the headline numbers (MLflow has the rest)
         brief = {k: report[k] for k in ("epoch", "step", "val_selection", "best", "train_loss") if k in report}
@@ -184,7 +183,7 @@ def _report(report, model, teacher, opt, state, rank):
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"model": model.state_dict(), "teacher": teacher.state_dict() if teacher else None,
-                    "opt": opt.state_dict(), "state": state}, Path(d) / "state.pt")
+                    "opt": opt.state_dict(), "state": state.to_dict()}, Path(d) / "state.pt")
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

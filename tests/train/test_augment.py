@@ -152,3 +152,26 @@ def test_hue_rotate_keeps_luma_and_colourfulness_and_moves_the_palette():
     assert (sx[:, 92] - sy[:, 92]).abs().max() < 0.15  # mean saturation nearly kept
     with pytest.raises(ValueError):
         hue_rotate(x, 0.6)
+
+
+def test_random_invert_swaps_light_and_dark_and_keeps_chroma():
+    from train.augment import augment, random_invert
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), generator=g).to(torch.uint8)
+    assert torch.equal(random_invert(x, 0.0), x)
+    assert torch.equal(random_invert(x, 1.0), 255 - x)
+    y = random_invert(x, 0.5, generator=torch.Generator().manual_seed(1))
+    flipped = (y != x).flatten(1).any(1)
+    assert 16 < int(flipped.sum()) < 48  # about half the images, each one whole or not at all
+    assert torch.equal(y[flipped], 255 - x[flipped]) and torch.equal(y[~flipped], x[~flipped])
+    chroma = lambda v: v.float().amax(1) - v.float().amin(1)
+    assert torch.equal(chroma(y), chroma(x))  # colourfulness is untouched, pixel by pixel
+    bright = x.float().mean((1, 2, 3))
+    assert torch.allclose(y[flipped].float().mean((1, 2, 3)), 255 - bright[flipped])
+    # inside augment it draws nothing at 0: the stream of the other steps is unchanged
+    a = augment(x, (8, 8), generator=torch.Generator().manual_seed(2), invert=0.0)
+    b = augment(x, (8, 8), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        random_invert(x, 1.5)

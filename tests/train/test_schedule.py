@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from train.schedule import end_of_epoch, lr_factor, new_epoch_state, phase_lengths, set_lr
+from train.schedule import end_of_epoch, lr_factor, phase_lengths, TrainState, set_lr
 
 
 def test_phase_lengths():
@@ -27,19 +27,19 @@ def test_warmup_then_cosine_decay():
 
 
 def test_plateau_halves_the_rate_after_patience_epochs_and_early_stop_stops():
-    s = new_epoch_state()
+    s = TrainState()
     scores = [0.5, 0.6, 0.6, 0.59, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7]
     out = [end_of_epoch(s, x, patience=1, factor=0.5, early_stop=4) for x in scores]
     assert [o["improved"] for o in out] == [True, True, False, False, False, True, False, False, False, False]
     # more than patience=1 epochs without improvement: halved at the 2nd bad epoch, counter reset
     assert [o["reduced"] for o in out] == [False, False, False, True, False, False, False, True, False, True]
-    assert s["lr_scale"] == pytest.approx(0.125)
+    assert s.lr_scale == pytest.approx(0.125)
     assert [o["stop"] for o in out].index(True) == 9  # 4 epochs after the last improvement
-    assert s["best"] == 0.7
+    assert s.best == 0.7
 
 
 def test_non_finite_scores_never_improve_and_early_stop_0_never_stops():
-    s = new_epoch_state()
+    s = TrainState()
     out = [end_of_epoch(s, x, patience=100, factor=0.5, early_stop=0) for x in (-math.inf, math.nan, 0.1)]
     assert [o["improved"] for o in out] == [False, False, True] and not any(o["stop"] for o in out)
 
