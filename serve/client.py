@@ -9,6 +9,7 @@ Without ``--server`` the model runs in this process (``--model``: an artifact di
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -82,17 +83,25 @@ class Local:
         return self.predictor.classify([arr], tiles=tiles)[0]
 
     def _video(self, path: Path) -> dict:
-        """The server's video path (``predictor.video_frames``: the same limits, the same statuses)."""
+        """The server's video path (``predictor.video_stream``: the same limits and statuses, frames
+        classified in batches of ``video_batch`` as they are decoded)."""
+        import itertools
+
         import numpy as np
 
-        from serve.predictor import video_frames
+        from serve.predictor import video_stream
 
-        v = video_frames(str(path), self.predictor.model.short_edge, self.cfg.video_fps, self.cfg)
-        res = self.predictor.classify(v["frames"])
+        duration, stream = video_stream(str(path), self.predictor.model.short_edge, self.cfg.video_fps, self.cfg)
+        times, kinds, res = [], [], []
+        with contextlib.closing(stream):
+            while batch := list(itertools.islice(stream, self.cfg.video_batch)):
+                res += self.predictor.classify([f.image for f in batch])
+                times += [f.timestamp for f in batch]
+                kinds += [f.kind for f in batch]
         probs = np.array([[r["probs"][c] for c in self.predictor.classes] for r in res])
         scores = [r["score"] for r in res] if res and "score" in res[0] else None
-        return self.predictor.video_summary(v["times"], v["kinds"], probs, v["duration"],
-                                            how=self.cfg.video_aggregate, window=self.cfg.video_smooth, scores=scores)
+        return self.predictor.video_summary(times, kinds, probs, duration, how=self.cfg.video_aggregate,
+                                            window=self.cfg.video_smooth, scores=scores)
 
 
 class Prompts:

@@ -52,6 +52,11 @@ class ServeConfig(OperatingPointKnobs):
     video_fps: float = knob(1.0, lo=0.01, hi=60.0, help="sampled frames per second")
     video_keyframes: int = knob(8, lo=0, hi=256)
     video_max_seconds: float = knob(1800.0, lo=1.0)
+    # frames one video request may make (keyframes + duration x fps): more is 413 before decoding;
+    # the frames stream to the model in batches of video_batch, so memory does not grow with them
+    max_video_frames: int = knob(3600, lo=1, hi=1_000_000, help="frames per video request (keyframes + "
+                                 "duration x fps); more is refused with 413 too_many_frames")
+    video_batch: int = knob(32, lo=1, hi=1024, help="frames decoded ahead and sent to the model at once")
     video_aggregate: str = knob("max", choices=("max", "mean", "topk"))  # max | mean | topk
     video_smooth: int = knob(3, lo=1, hi=101)
     # Jobs: persistent SQLite queue (survives restarts).

@@ -5,6 +5,7 @@ use this, so a request means the same thing whether it goes over HTTP or not.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,24 +122,50 @@ def sampled_frames(path: str, fps: float, short_edge: int, cfg):
                          max_seconds=cfg.video_max_seconds, max_pixels=cfg.max_pixels)
 
 
-def video_frames(path: str, short_edge: int, fps: float, cfg) -> dict:
-    """A local video file -> {times, kinds, frames, duration}: thumbnail + scene keyframes + frames
-    sampled at ``fps``, within ``cfg``'s serving limits (length, pixels, time). The one video path of
-    the server and of ``sift classify``'s local mode: a VideoError becomes an ApiError with the status
-    the API answers (413 for too long / too big, 422 otherwise)."""
+def video_stream(path: str, short_edge: int, fps: float, cfg):
+    """A local video file -> (duration, frames): thumbnail + scene keyframes, then the frames sampled
+    at ``fps`` as a generator that decodes while it is read (closing it kills ffmpeg). The probe and
+    every limit run now: length and pixels (``cfg``'s serving limits), and the number of frames the
+    request would make (``max_video_frames``: ``fps=60`` on a long clip is refused before any
+    decoding, 413 ``too_many_frames`` with the rate that would fit). The one video path of the server
+    and of ``sift classify``'s local mode: a VideoError becomes an ApiError with the status the API
+    answers (413 for too long / too big / too many frames, 422 otherwise)."""
+    import itertools
+
     from flows.media import video as v
 
     try:
         info = v.probe(path, timeout=30)
         v.check_limits(info, cfg.video_max_seconds, cfg.max_pixels)
+        n = cfg.video_keyframes + 1 + math.ceil(info.duration * fps)
+        if n > cfg.max_video_frames:
+            fits = max(cfg.max_video_frames - cfg.video_keyframes - 1, 1) / max(info.duration, 1e-9)
+            raise ApiError(413, "too_many_frames", f"{info.duration:.0f} s at fps={fps:g} is about {n} frames > "
+                           f"max_video_frames={cfg.max_video_frames}; ask fps <= {fits:.3g}")
         frames = v.extract_keyframes(path, short_edge=short_edge, k=cfg.video_keyframes,
                                      timeout=cfg.request_timeout_s, max_seconds=cfg.video_max_seconds,
                                      max_pixels=cfg.max_pixels)
-        frames += list(sampled_frames(path, fps, short_edge, cfg))
+        sampled = sampled_frames(path, fps, short_edge, cfg)
     except v.VideoError as exc:
         raise ApiError(STATUS.get(exc.reason, 422), exc.reason, exc.detail) from None
+
+    def frames_then_errors():
+        try:
+            yield from itertools.chain(frames, sampled)
+        except v.VideoError as exc:
+            raise ApiError(STATUS.get(exc.reason, 422), exc.reason, exc.detail) from None
+        finally:
+            sampled.close()  # kills and reaps ffmpeg however the reader stops
+    return info.duration, frames_then_errors()
+
+
+def video_frames(path: str, short_edge: int, fps: float, cfg) -> dict:
+    """:func:`video_stream` collected: {times, kinds, frames, duration} (local mode: one video, and
+    at most ``max_video_frames`` frames)."""
+    duration, stream = video_stream(path, short_edge, fps, cfg)
+    frames = list(stream)
     return {"times": [f.timestamp for f in frames], "kinds": [f.kind for f in frames],
-            "frames": [f.image for f in frames], "duration": info.duration}
+            "frames": [f.image for f in frames], "duration": duration}
 
 
 class Predictor:

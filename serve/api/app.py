@@ -8,21 +8,49 @@ GET /v1/jobs/{id}, GET /healthz, GET /readyz, GET /metrics.
 """
 
 import asyncio
+import logging
 import threading
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from serve.config import ServeConfig, from_args
+from flows.core.config import ConfigError
+from serve.config import ServeConfig, from_args, is_loopback
 from serve.api.deployments import Model, Preprocess
 from serve.api.http import Metrics, Payload, check_auth, read_payload
 from serve.predictor import ApiError
 
-api = FastAPI(title="sift", version="1", description="Media classification: images, videos, batch jobs. "
-              "Send images as multipart files or JSON base64; every error is JSON {error: {code, message}}.")
+log = logging.getLogger("sift.serve")
+# FastAPI's own /docs and /openapi.json are off: ours below sit behind the same auth as the API
+api = FastAPI(title="sift", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+              description="Media classification: images, videos, batch jobs. Send images as multipart files "
+                          "or JSON base64; every error is JSON {error: {code, message}}.")
+
+
+def bound_host() -> str | None:
+    """The address Serve's HTTP proxy binds (``http_options.host``: set by ``serve deploy``'s config or
+    ``serve.start``, not by ServeConfig.host), or None when the controller cannot say."""
+    try:
+        import ray
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return ray.get(client._controller.get_http_config.remote(), timeout=10).host if client else None
+    except Exception:  # an API that moved: the per-request check still holds
+        return None
+
+
+def check_bind(cfg: ServeConfig, host: str | None) -> None:
+    """ConfigError when the proxy binds beyond loopback and no token is set: refuse to start."""
+    import os
+
+    if host is not None and not is_loopback(host) and not (cfg.token or os.environ.get("SIFT_API_TOKEN")):
+        raise ConfigError(f"Serve's HTTP proxy binds {host} (beyond loopback) and no token is set: set token=... "
+                          "(or $SIFT_API_TOKEN) in the app's args; the API refuses to serve without auth there")
 
 
 def _json_error(exc: ApiError) -> JSONResponse:
@@ -36,6 +64,7 @@ class Api:
         from flows.core.runtime import quiet_env
 
         quiet_env()
+        check_bind(cfg, bound_host())
         self.pre, self.model, self.cfg = pre, model, cfg
         self.metrics = Metrics()
         self._info: dict | None = None
@@ -59,19 +88,24 @@ class Api:
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
 
-    async def _guard(self, request: Request, endpoint: str, work) -> JSONResponse:
-        """Auth, timeout, overload and error mapping around every API call; records metrics."""
+    async def _guard(self, request: Request, endpoint: str, work, loopback_free: bool = False):
+        """Auth, timeout, overload and error mapping around every API call; records metrics.
+        ``work`` returns a dict (JSON; ``_status`` sets the code) or a ready Response."""
         t0 = time.perf_counter()
         try:
-            check_auth(request, self.cfg)
+            check_auth(request, self.cfg, loopback_free)
             body = await asyncio.wait_for(work(), timeout=self.cfg.request_timeout_s)
-            resp = JSONResponse(body, status_code=body.pop("_status", 200) if isinstance(body, dict) else 200)
+            resp = body if not isinstance(body, dict) else \
+                JSONResponse(body, status_code=body.pop("_status", 200))
         except ApiError as exc:
             resp = _json_error(exc)
         except BackPressureError:
             resp = _json_error(ApiError(503, "overloaded", "too many requests queued; retry later"))
         except asyncio.TimeoutError:
             resp = _json_error(ApiError(504, "timeout", f"no answer within {self.cfg.request_timeout_s} s"))
+        except Exception:  # a bug, not the request's fault: JSON like every error, and logged
+            log.exception("%s: unexpected error", endpoint)
+            resp = _json_error(ApiError(500, "internal_error", "unexpected server error (logged)"))
         self.metrics.observe(endpoint, resp.status_code, time.perf_counter() - t0)
         return resp
 
@@ -135,17 +169,34 @@ class Api:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
+    # Readiness, metrics and docs say what model runs and how: a token is needed off loopback.
     @api.get("/readyz", summary="Readiness: the model is loaded")
-    async def readyz(self) -> JSONResponse:
-        try:
-            info = await asyncio.wait_for(self.model.info.remote(), timeout=5)
-            return JSONResponse({"status": "ready", **info})
-        except Exception as exc:  # not ready is an answer, not a crash
-            return JSONResponse({"status": "not ready", "detail": str(exc)[:200]}, status_code=503)
+    async def readyz(self, request: Request) -> JSONResponse:
+        async def work():
+            try:
+                info = await asyncio.wait_for(self.model.info.remote(), timeout=5)
+                return {"status": "ready", **info}
+            except Exception as exc:  # not ready is an answer, not a crash
+                return {"_status": 503, "status": "not ready", "detail": str(exc)[:200]}
+        return await self._guard(request, "readyz", work, loopback_free=True)
 
     @api.get("/metrics", summary="Prometheus metrics")
-    async def metrics_endpoint(self) -> PlainTextResponse:
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics_endpoint(self, request: Request) -> PlainTextResponse:
+        async def work():
+            return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return await self._guard(request, "metrics", work, loopback_free=True)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        async def work():
+            return JSONResponse(api.openapi())
+        return await self._guard(request, "openapi", work, loopback_free=True)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        async def work():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="sift API")
+        return await self._guard(request, "docs", work, loopback_free=True)
 
 
 def resolved(cfg: ServeConfig) -> ServeConfig:

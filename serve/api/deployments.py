@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections import defaultdict
 
@@ -22,7 +24,7 @@ import numpy as np
 from ray import serve
 
 from serve.config import ServeConfig
-from serve.predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sniff_kind, video_frames
+from serve.predictor import ApiError, Limits, Predictor, prepare_image, resolve_model, sniff_kind, video_stream
 
 
 def _error(exc: ApiError) -> dict:
@@ -46,12 +48,35 @@ class Preprocess:
         return await self.model.remote(arr, tiles, tile_agg)
 
     async def classify_video(self, data: bytes, short_edge: int, fps: float, how: str, window: int) -> dict:
-        """Video bytes -> the Model's timeline and video label, or an error dict. ffmpeg takes
-        seconds, so it runs in a thread: image requests on this replica go on meanwhile."""
-        fr = await asyncio.to_thread(self.video, data, short_edge, fps)
-        if "error" in fr:
-            return fr
-        return await self.model.video.remote(fr["frames"], fr["times"], fr["kinds"], fr["duration"], how, window)
+        """Video bytes -> the Model's timeline and video label, or an error dict.
+
+        ffmpeg decodes in a thread (image requests on this replica go on meanwhile) into a queue of
+        at most two batches of ``video_batch`` frames; each batch goes to the Model as it comes, and
+        only its probabilities are kept. So memory stays flat however long the video, and when the
+        request ends early (the ingress's timeout cancels it, the client left) ``stop`` is set: the
+        thread stops at the next frame and ffmpeg is killed."""
+        stop, q = threading.Event(), queue.Queue(maxsize=2)
+        worker = threading.Thread(target=self._decode, args=(data, short_edge, fps, stop, q), daemon=True,
+                                  name="sift-video")
+        worker.start()
+        times, kinds, probs, scores = [], [], [], []
+        try:
+            while True:
+                msg = await asyncio.to_thread(_get, q, stop)
+                if msg[0] == "error":
+                    return msg[1]
+                if msg[0] == "end":
+                    duration = msg[1]
+                    break
+                _, batch = msg
+                res = await self.model.frames.remote([f.image for f in batch])
+                times += [f.timestamp for f in batch]
+                kinds += [f.kind for f in batch]
+                probs += res["probs"]
+                scores += res["scores"] or []
+            return await self.model.summary.remote(times, kinds, probs, duration, how, window, scores or None)
+        finally:
+            stop.set()  # also on cancellation: the decoding thread ends and kills ffmpeg
 
     def image(self, data: bytes, short_edge: int):
         try:
@@ -59,12 +84,18 @@ class Preprocess:
         except ApiError as exc:
             return _error(exc)
 
-    def video(self, data: bytes, short_edge: int, fps: float) -> dict:
-        """Uploaded video -> thumbnail + scene keyframes + frames sampled at ``fps``.
+    def _decode(self, data: bytes, short_edge: int, fps: float, stop: threading.Event, q: queue.Queue) -> None:
+        """The producer: validate, write a private temp file (ffmpeg needs to seek in mp4/mov), decode
+        batches into ``q``; ("end", duration) or ("error", error dict) last. Never raises."""
+        def put(msg) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(msg, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
-        ffmpeg needs a seekable local file for mp4/mov, so the upload is written to a private temp
-        file that is removed before returning.
-        """
         try:
             if sniff_kind(data, self.limits) != "video":
                 raise ApiError(415, "unsupported_format", "expected a video (mp4, webm, mov, mkv)")
@@ -72,9 +103,36 @@ class Preprocess:
                 path = os.path.join(d, "upload")
                 with open(path, "wb") as f:
                     f.write(data)
-                return video_frames(path, short_edge, fps, self.cfg)
+                duration, stream = video_stream(path, short_edge, fps, self.cfg)
+                batch = []
+                try:
+                    for frame in stream:
+                        if stop.is_set():
+                            return
+                        batch.append(frame)
+                        if len(batch) == self.cfg.video_batch:
+                            if not put(("batch", batch)):
+                                return
+                            batch = []
+                finally:
+                    stream.close()
+                if batch and not put(("batch", batch)):
+                    return
+            put(("end", duration))
         except ApiError as exc:
-            return _error(exc)
+            put(("error", _error(exc)))
+        except Exception as exc:  # a bug, not the upload's fault: still an answer
+            put(("error", _error(ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"[:200]))))
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    """The next message, waking every half second so a stopped request does not wait on it."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            continue
+    return ("error", _error(ApiError(499, "cancelled", "the request ended")))
 
 
 @serve.deployment(name="Model")
@@ -134,11 +192,16 @@ class Model:
     async def __call__(self, array: np.ndarray, tiles: int = 1, tile_agg: str = "mean") -> dict:
         return await self.infer((array, tiles, tile_agg))
 
-    async def video(self, frames: list[np.ndarray], times: list[float], kinds: list[str], duration: float,
-                    how: str, window: int) -> dict:
-        """All frames of one video through the same batcher, then the timeline."""
+    async def frames(self, frames: list[np.ndarray]) -> dict:
+        """One batch of a video's frames through the same batcher as images: {probs: [[p per class]],
+        scores: [score] or None}."""
         res = await asyncio.gather(*[self.infer((f, 1, "mean")) for f in frames])
-        p = self.predictor
-        probs = np.array([[r["probs"][c] for c in p.classes] for r in res])
-        scores = [r["score"] for r in res] if res and "score" in res[0] else None
-        return p.video_summary(times, kinds, probs, duration, how=how, window=window, scores=scores)
+        classes = self.predictor.classes
+        return {"probs": [[r["probs"][c] for c in classes] for r in res],
+                "scores": [r["score"] for r in res] if res and "score" in res[0] else None}
+
+    def summary(self, times: list[float], kinds: list[str], probs: list[list[float]], duration: float,
+                how: str, window: int, scores: list[float] | None = None) -> dict:
+        """A whole video's frame probabilities -> the timeline and the video label."""
+        return self.predictor.video_summary(times, kinds, np.asarray(probs, dtype=np.float64).reshape(
+            len(times), len(self.predictor.classes)), duration, how=how, window=window, scores=scores)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from serve.config import is_loopback
 from serve.predictor import ApiError
 
 
@@ -27,13 +28,28 @@ class Payload:
     fps: float | None = None
 
 
-def check_auth(request: Request, cfg) -> None:
-    """Bearer-token auth whenever a token is configured (always when bound beyond loopback)."""
+def client_is_loopback(request: Request) -> bool:
+    """The peer of this request is on this machine (Serve's proxy passes the client's address on)."""
+    return bool(request.client) and is_loopback(request.client.host)
+
+
+def check_auth(request: Request, cfg, loopback_free: bool = False) -> None:
+    """Bearer-token auth. With a token configured every request needs it (``loopback_free``: except
+    from loopback, for the metrics, docs and readiness pages); without one only loopback clients are
+    served, whatever address the proxy binds (``http_options.host`` of a ``serve deploy`` config is
+    not ServeConfig.host, so the rule is checked on every request, not only at start)."""
     token = cfg.token or os.environ.get("SIFT_API_TOKEN", "")
+    local = client_is_loopback(request)
     if not token:
+        if not local:
+            raise ApiError(401, "token_required", "this server has no token: it answers loopback clients only "
+                           "(set token=... or $SIFT_API_TOKEN to serve beyond loopback)")
+        return
+    if loopback_free and local:
         return
     got = request.headers.get("authorization", "")
-    if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), token)):
+    # bytes, not str: compare_digest refuses non-ASCII str (a 500 for a token of "Bearer é")
+    if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), token.encode())):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
 
@@ -65,6 +81,15 @@ def _b64(value, what: str) -> bytes:
         raise ApiError(400, "bad_base64", f"{what} is not valid base64") from None
 
 
+def _name(value, what: str) -> str:
+    """An item's name: a string or a number (shown back as text), at most 1000 characters."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ApiError(422, "bad_field", f"{what} must be a string")
+    if len(str(value)) > 1000:
+        raise ApiError(422, "bad_field", f"{what} is longer than 1000 characters")
+    return str(value)
+
+
 def _options(p: Payload, opts) -> Payload:
     try:
         if "tiles" in opts:
@@ -73,8 +98,10 @@ def _options(p: Payload, opts) -> Payload:
             p.fps = float(opts["fps"])
     except (TypeError, ValueError):
         raise ApiError(422, "bad_option", "tiles must be an integer and fps a number") from None
-    p.tile_agg = str(opts.get("tile_agg", p.tile_agg))
+    p.tile_agg = opts.get("tile_agg", p.tile_agg)
     p.aggregate = opts.get("aggregate", p.aggregate)
+    if not isinstance(p.tile_agg, str) or not isinstance(p.aggregate, (str, type(None))):
+        raise ApiError(422, "bad_option", "tile_agg and aggregate must be strings")
     if p.tiles not in (1, 5):
         raise ApiError(422, "bad_option", "tiles must be 1 or 5")
     if p.tile_agg not in ("mean", "max"):
@@ -111,7 +138,7 @@ async def read_payload(request: Request, cfg, limit: int, video: bool = False) -
             raise ApiError(422, "bad_json", "body must be a JSON object")
         if video:
             if "video" in body:
-                p.items.append((str(body.get("name", "video")), _b64(body["video"], "video")))
+                p.items.append((_name(body.get("name", "video"), "name"), _b64(body["video"], "video")))
         else:
             images = body.get("images", [body["image"]] if "image" in body else [])
             items = body.get("items")
@@ -119,9 +146,13 @@ async def read_payload(request: Request, cfg, limit: int, video: bool = False) -
                 if not isinstance(items, list):
                     raise ApiError(422, "bad_field", "items must be a list")
                 images = [it.get("image") if isinstance(it, dict) else it for it in items]
-                names = [str(it.get("name", i)) if isinstance(it, dict) else str(i) for i, it in enumerate(items)]
+                names = [_name(it.get("name", i), f"items[{i}].name") if isinstance(it, dict) else str(i)
+                         for i, it in enumerate(items)]
             else:
-                names = [str(n) for n in body.get("names", range(len(images)))] if isinstance(images, list) else []
+                names = body.get("names", [str(i) for i in range(len(images))] if isinstance(images, list) else [])
+                if not isinstance(names, list):
+                    raise ApiError(422, "bad_field", "names must be a list of strings")
+                names = [_name(n, f"names[{i}]") for i, n in enumerate(names)]
             if not isinstance(images, list):
                 raise ApiError(422, "bad_field", "images must be a list of base64 strings")
             p.items += [(names[i] if i < len(names) else str(i), _b64(v, f"images[{i}]")) for i, v in enumerate(images)]

@@ -1,6 +1,7 @@
 """The HTTP API on a real in-process Ray Serve with the tiny trained model."""
 import asyncio
 import base64
+import contextlib
 import io
 import struct
 import subprocess
@@ -126,6 +127,51 @@ def test_video_gives_frames_timeline_and_a_label(api, trained, tmp_path):
     assert segs[0]["start"] == pytest.approx(times[0]) and segs[-1]["end"] == pytest.approx(6.0, abs=0.2)
     bad = api.post("/v1/classify/video", files={"file": ("v.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x01" * 500)})
     assert bad.status_code == 422 and api.get("/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """Five minutes at one frame per second: cheap to make, long enough to ask for too many frames."""
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=1:duration=300",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)
+    return path
+
+
+def _ffmpegs_on_uploads() -> list:
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "ffmpeg" in (proc.info["name"] or "") and "sift-video-" in " ".join(proc.info["cmdline"] or []):
+                out.append(proc)
+    return out
+
+
+def test_a_video_request_that_would_make_too_many_frames_is_refused_before_decoding(api, long_clip):
+    t0 = time.perf_counter()
+    r = api.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())}, params={"fps": 60})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_frames", r.text
+    assert "fps <=" in r.json()["error"]["message"] and time.perf_counter() - t0 < 20
+    assert api.get("/healthz").status_code == 200
+
+
+def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
+    deploy, _ = server
+    _, client = deploy("request_timeout_s=2", "max_video_frames=100000", "video_batch=4")
+    try:
+        r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
+                        params={"fps": 30})
+        assert r.status_code == 504, r.text
+        for _ in range(40):  # the decoding thread sees the stop at its next frame and kills ffmpeg
+            if not _ffmpegs_on_uploads():
+                break
+            time.sleep(0.25)
+        assert not _ffmpegs_on_uploads(), "ffmpeg kept decoding after the request ended"
+        assert client.get("/healthz").status_code == 200
+    finally:
+        deploy()
 
 
 def test_jobs_run_and_survive_a_restart(server, api, trained):
