@@ -9,7 +9,9 @@ Two streaming passes, each bounded in memory:
    ``OUT/data``.
 
 ``OUT/manifest.json`` records counts, rejects by reason, duplicates, throughput and the pool sizes
-the autoscaler chose over time. Usage: ``sift preprocess --input IN --output OUT [key=value ...]``.
+the autoscaler chose over time. Everything is built in ``OUT/_work`` and published at the end
+(:func:`publish`), manifest last: a killed run never leaves an old manifest beside new shards.
+Usage: ``sift preprocess --input IN --output OUT [key=value ...]``.
 """
 from __future__ import annotations
 
@@ -109,10 +111,13 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
     out = Path(out).resolve()
     downloads = download.fetch_items(items, out / "downloads", cfg)  # manifest URLs, resumable
     init_ray(num_cpus)
-    staging, data = out / "_staging", out / "data"
-    for d in (staging, data):
+    # everything is built in _work/ and published at the end (see publish): a killed run leaves the
+    # previous output whole, and the next run starts from a clean slate
+    work = out / "_work"
+    for d in (work, out / "_old", out / "_staging"):
         shutil.rmtree(d, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    staging, data = work / "_staging", work / "data"
+    work.mkdir(parents=True)
     print(f"[preprocess] {len(items)} inputs from {inp}; classes {list(cfg.classes)}"
           f"{' (from the data)' if not given.classes else ''}; actor pool {cfg.min_actors}..{cfg.max_actors}",
           flush=True)
@@ -133,16 +138,39 @@ def run(inp: str | Path, out: str | Path, cfg, num_cpus: int | None = None) -> d
     write_final(staging, data, keep, cfg.rows_per_file)
     t2 = time.time()
 
-    pq.write_table(pa.Table.from_pandas(rejects, preserve_index=False), out / "rejects.parquet")
-    pq.write_table(pa.Table.from_pandas(dups, preserve_index=False), out / "duplicates.parquet")
+    shutil.rmtree(staging, ignore_errors=True)
+    pq.write_table(pa.Table.from_pandas(rejects, preserve_index=False), work / "rejects.parquet")
+    pq.write_table(pa.Table.from_pandas(dups, preserve_index=False), work / "duplicates.parquet")
     manifest = build_manifest(meta, keep, rejects, dups, cfg, n_inputs=len(items), n_entries=count_entries(items),
                               timings={"process_s": t1 - t0, "finalize_s": t2 - t1, "total_s": t2 - t0})
     manifest["input"], manifest["output"], manifest["config"] = str(inp), str(out), flat(cfg)
     manifest["label_set"] = {"from": "classes=" if given.classes else "data", "dropped_defaults": dropped}
     manifest["downloads"] = downloads
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
-    shutil.rmtree(staging, ignore_errors=True)
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    publish(work, out)
     return manifest
+
+
+PUBLISHED = ("data", "rejects.parquet", "duplicates.parquet")  # + manifest.json, always last
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move a finished output from ``work`` into ``out``. The old ``manifest.json`` goes first: an
+    output folder without one is incomplete, and ``sift train`` refuses it. Then each piece is
+    swapped by rename (the old one parked in ``_old/``), and the new manifest comes last, in one
+    rename. A crash before this leaves the old output whole; during it, no manifest (never an old
+    manifest beside new or partial shards); the next run starts over from a clean ``_work/``."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    old = out / "_old"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    for name in PUBLISHED:
+        if (out / name).exists():
+            (out / name).rename(old / name)
+        (work / name).rename(out / name)
+    (work / "manifest.json").rename(out / "manifest.json")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def summary(m: dict) -> str:

@@ -9,7 +9,6 @@ GET /v1/jobs/{id}, GET /healthz, GET /readyz, GET /metrics.
 
 import asyncio
 import logging
-import threading
 import time
 
 from fastapi import FastAPI, Request
@@ -73,7 +72,7 @@ class Api:
 
         self.runner = JobRunner(self, cfg)
         self.jobs = self.runner.store
-        threading.Thread(target=self.runner.run_forever, daemon=True, name="sift-jobs").start()
+        self.runner.ensure_running()
 
     async def info(self) -> dict:
         if self._info is None:
@@ -149,9 +148,12 @@ class Api:
     async def submit_job(self, request: Request) -> JSONResponse:
         async def work():
             p = await read_payload(request, self.cfg, self.cfg.max_body_bytes * 4)
-            if self.jobs.pending() >= self.cfg.max_pending_jobs:
+            # SQLite work (a few ms, an fsync) runs off the event loop: other requests go on meanwhile
+            if await asyncio.to_thread(self.jobs.pending) >= self.cfg.max_pending_jobs:
                 raise ApiError(503, "queue_full", f"{self.cfg.max_pending_jobs} jobs already waiting")
-            job_id = self.runner.submit(p)
+            if not self.runner.ensure_running():
+                raise ApiError(503, "jobs_stopped", "the job runner is stopped")
+            job_id = await asyncio.to_thread(self.runner.submit, p)
             return {"_status": 202, "id": job_id, "status": "queued", "n_items": len(p.items),
                     "status_url": f"/v1/jobs/{job_id}"}
         return await self._guard(request, "jobs_submit", work)
@@ -159,7 +161,7 @@ class Api:
     @api.get("/v1/jobs/{job_id}", summary="Job status and per-item results")
     async def get_job(self, job_id: str, request: Request) -> JSONResponse:
         async def work():
-            job = self.jobs.get(job_id)
+            job = await asyncio.to_thread(self.jobs.get, job_id)
             if job is None:
                 raise ApiError(404, "no_such_job", f"no job {job_id}")
             return job
@@ -173,11 +175,15 @@ class Api:
     @api.get("/readyz", summary="Readiness: the model is loaded")
     async def readyz(self, request: Request) -> JSONResponse:
         async def work():
+            running = self.runner.ensure_running()
+            jobs = self.runner.health()
             try:
                 info = await asyncio.wait_for(self.model.info.remote(), timeout=5)
-                return {"status": "ready", **info}
             except Exception as exc:  # not ready is an answer, not a crash
-                return {"_status": 503, "status": "not ready", "detail": str(exc)[:200]}
+                return {"_status": 503, "status": "not ready", "detail": str(exc)[:200], "jobs": jobs}
+            if not running:
+                return {"_status": 503, "status": "not ready", "detail": "job runner stopped", "jobs": jobs, **info}
+            return {"status": "ready", "jobs": jobs, **info}
         return await self._guard(request, "readyz", work, loopback_free=True)
 
     @api.get("/metrics", summary="Prometheus metrics")
@@ -202,13 +208,19 @@ class Api:
 def resolved(cfg: ServeConfig) -> ServeConfig:
     """Pin the MLflow store and the jobs DB to absolute locations here, where the app is built:
     replicas run in other processes (other nodes, other working dirs) and must not each guess."""
-    import dataclasses
 
     from train.config import state_dir
     from train.tracking import tracking_uri
 
-    return dataclasses.replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri(),
-                               jobs_db=cfg.jobs_db or str(state_dir() / "jobs.db"))
+    from flows.core.config import replace
+
+    from serve.api.jobs import JobStore
+
+    out = replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri(),
+                  jobs_db=cfg.jobs_db or str(state_dir() / "jobs.db"))
+    if not cfg.jobs_db:  # made here, so a replica that does not find it knows it is on another node
+        JobStore(out.jobs_db).close()
+    return out
 
 
 def build_app(cfg: ServeConfig):
