@@ -6,7 +6,9 @@ Embedded default: a SQLite store and an artifact folder under the state dir (``$
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -92,30 +94,64 @@ def version_of_run(client, model_name: str, run_id: str):
     return max(versions, key=lambda v: int(v.version))
 
 
+@contextlib.contextmanager
+def promotion_lock(store: str, model_name: str, timeout_s: float = 120.0):
+    """An exclusive lock per (tracking store, model name), held while the champion is read, compared
+    and set: two ``sift promote`` at once are serialised, and the second compares against the
+    first's result (read-compare-set is otherwise a race that can leave the weaker model champion).
+    A file lock (``flock``) under the state dir: it covers every process on this machine; promotions
+    from several machines against one remote server are serialised per machine only."""
+    import fcntl
+    import hashlib
+
+    locks = state_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{store}\0{model_name}".encode()).hexdigest()[:16]
+    with open(locks / f"promote-{key}.lock", "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SiftError(f"another promotion of {model_name!r} has held the lock for {timeout_s:g} s",
+                                    reason="promotion_locked") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def promote(run_id: str, model_name: str, force: bool = False, uri: str | None = None) -> tuple[bool, str]:
     """Move alias ``champion`` to the run's model version if it beats the current champion on
-    ``val_selection`` (or with ``force``). Returns ``(moved, message)``."""
+    ``val_selection`` (or with ``force``). Returns ``(moved, message)``. The champion is read,
+    compared and set under :func:`promotion_lock`."""
     mlflow = use(uri)
     client = mlflow.MlflowClient()
     mv = version_of_run(client, model_name, run_id)
     score = client.get_run(run_id).data.metrics.get(SELECTION, float("nan"))
-    try:
-        champ = client.get_model_version_by_alias(model_name, "champion")
-    except Exception:  # no champion yet
-        champ = None
-    if champ is not None and champ.version == mv.version:
-        return False, f"version {mv.version} is already the champion"
-    if champ is not None and not force:
-        mine, theirs = client.get_run(run_id).data, client.get_run(champ.run_id).data
-        for key, what in (("classes_list", "label set"), ("selection", "selection criterion")):
-            a, b = mine.params.get(key), theirs.params.get(key)
-            if a != b:
-                return False, (f"not promoted: its {what} ({a}) differs from champion v{champ.version}'s "
-                               f"({b}), so {SELECTION} does not compare; use --force to promote anyway, "
-                               "or train under another model_name=")
-        best = theirs.metrics.get(SELECTION, float("nan"))
-        if not score > best:
-            return False, (f"not promoted: {SELECTION} {score:.4f} does not beat champion v{champ.version} "
-                           f"({best:.4f}); use --force to promote anyway")
-    client.set_registered_model_alias(model_name, "champion", mv.version)
-    return True, f"{model_name} v{mv.version} (run {run_id}, {SELECTION}={score:.4f}) is now @champion"
+    with promotion_lock(mlflow.get_tracking_uri(), model_name):
+        try:
+            champ = client.get_model_version_by_alias(model_name, "champion")
+        except Exception:  # no champion yet
+            champ = None
+        if champ is not None and champ.version == mv.version:
+            return False, f"version {mv.version} is already the champion"
+        if champ is not None and not force:
+            mine, theirs = client.get_run(run_id).data, client.get_run(champ.run_id).data
+            for key, what in (("classes_list", "label set"), ("selection", "selection criterion")):
+                a, b = mine.params.get(key), theirs.params.get(key)
+                if a != b:
+                    return False, (f"not promoted: its {what} ({a}) differs from champion v{champ.version}'s "
+                                   f"({b}), so {SELECTION} does not compare; use --force to promote anyway, "
+                                   "or train under another model_name=")
+            best = theirs.metrics.get(SELECTION, float("nan"))
+            if not score > best:
+                return False, (f"not promoted: {SELECTION} {score:.4f} does not beat champion v{champ.version} "
+                               f"({best:.4f}); use --force to promote anyway")
+        client.set_registered_model_alias(model_name, "champion", mv.version)
+    return True, (f"{model_name} v{mv.version} (run {run_id}, {SELECTION}={score:.4f}) is now @champion; a running "
+                  "server pins the version it resolved at deploy time: redeploy (sift serve, or serve deploy "
+                  "serve/config.yaml) to serve it")

@@ -216,11 +216,29 @@ def resolved(cfg: ServeConfig) -> ServeConfig:
 
     from serve.api.jobs import JobStore
 
-    out = replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri(),
-                  jobs_db=cfg.jobs_db or str(state_dir() / "jobs.db"))
+    store = cfg.tracking_uri or tracking_uri()
+    out = replace(cfg, tracking_uri=store, jobs_db=cfg.jobs_db or str(state_dir() / "jobs.db"),
+                  model=pinned(cfg.model, store))
     if not cfg.jobs_db:  # made here, so a replica that does not find it knows it is on another node
         JobStore(out.jobs_db).close()
     return out
+
+
+def pinned(uri: str, store: str) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION``, the version the alias names now. Every
+    replica (the first ones and those the autoscaler adds later) then loads that one version; a new
+    champion is served after a redeploy (``sift serve`` again, or ``serve deploy``, which reloads the
+    replicas in place), never by some replicas only. Other URIs are returned as they are."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    from train.tracking import use
+
+    name, alias = uri[len("models:/"):].split("@", 1)
+    try:
+        mv = use(store).MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        raise ConfigError(f"model={uri}: {name!r} has no version with alias @{alias} in {store} ({exc})"[:400]) from None
+    return f"models:/{name}/{mv.version}"
 
 
 def build_app(cfg: ServeConfig):
