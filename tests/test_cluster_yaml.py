@@ -57,3 +57,12 @@ def test_every_job_in_the_readme_is_a_sift_subcommand():
     jobs = re.findall(r"ray job submit\b[^\n`]*?-- sift ([a-z-]+)", (ROOT / "README.md").read_text())
     assert {"preprocess", "train", "predict", "scan"} <= set(jobs), jobs
     assert set(jobs) <= set(COMMANDS)
+
+
+def test_nothing_listens_beyond_the_head_without_auth_and_local_state_stays_home(cfg):
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "--dashboard-host=0.0.0.0" not in head
+    mlflow = next(c for c in cfg["head_start_ray_commands"] if "sift mlflow-server" in c)
+    assert "--token-file ~/.ray/auth_token" in mlflow  # 0.0.0.0 is the token proxy, MLflow binds loopback
+    assert any("MLFLOW_TRACKING_TOKEN" in c for c in cfg["setup_commands"])
+    assert {".sift", ".venv", ".git"} <= set(cfg["rsync_exclude"]) and cfg["rsync_filter"] == [".gitignore"]

@@ -143,6 +143,8 @@ class LabelStore:
         reports it resolved are open again. Returns the undone row, or None when there is none."""
         who = who or default_user()
         with self._db() as con:
+            # the read belongs to the write: two undos at once must not both see the row live
+            con.execute("BEGIN IMMEDIATE")
             if seq is None:
                 row = con.execute("SELECT * FROM corrections WHERE who = ? AND undone_at IS NULL "
                                   "ORDER BY seq DESC LIMIT 1", (who,)).fetchone()
@@ -152,7 +154,9 @@ class LabelStore:
             if row is None:
                 return None
             now = time.time()
-            con.execute("UPDATE corrections SET undone_at = ?, undone_by = ? WHERE seq = ?", (now, who, row["seq"]))
+            if con.execute("UPDATE corrections SET undone_at = ?, undone_by = ? WHERE seq = ? AND undone_at IS NULL",
+                           (now, who, row["seq"])).rowcount != 1:
+                return None
             con.execute("UPDATE reports SET status = 'open', resolved_by = NULL WHERE resolved_by = ?", (row["seq"],))
             return {**dict(row), "undone_at": now, "undone_by": who}
 

@@ -109,6 +109,7 @@ def build_app(data: ReviewData, store: LabelStore, cfg: ReviewConfig, token: str
     @app.post("/api/label")
     async def label(request: Request):
         auth(request)
+        check_origin(request, cfg)
         body = await _body(request)
         item_id, lab = str(body.get("id") or ""), body.get("label")
         it = data.item(item_id)
@@ -130,6 +131,7 @@ def build_app(data: ReviewData, store: LabelStore, cfg: ReviewConfig, token: str
     @app.post("/api/undo")
     async def undo(request: Request):
         auth(request)
+        check_origin(request, cfg)
         body = await _body(request, allow_empty=True)
         seq = body.get("seq")
         if seq is not None and not isinstance(seq, int):
@@ -152,6 +154,7 @@ def build_app(data: ReviewData, store: LabelStore, cfg: ReviewConfig, token: str
     @app.post("/api/report")
     async def report(request: Request):
         auth(request)
+        check_origin(request, cfg, cors=True)
         body = await _body(request)
         item_id = str(body.get("id") or "").strip()
         if not item_id:
@@ -200,6 +203,26 @@ def _cors(request: Request, cfg: ReviewConfig) -> dict:
     if origin is None or origin not in cfg.cors_origins or request.url.path != "/api/report":
         return {}
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def check_origin(request: Request, cfg: ReviewConfig, cors: bool = False) -> None:
+    """Writes come from this page (or, for ``/api/report`` with ``cors``, an origin in
+    ``cors_origins``), as JSON. A page on another loopback port shares the cookie (SameSite ignores
+    ports) and a ``text/plain`` POST needs no preflight, so both are checked: the browser's ``Origin``
+    / ``Sec-Fetch-Site`` must say same-origin (or name an allowed origin), and the body must be
+    ``application/json``, which no cross-origin page can send without a preflight we refuse.
+    Clients that are not browsers send neither header and pass with their token."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HttpError(415, "json_required", "send the body as application/json")
+    origin, site = request.headers.get("origin"), request.headers.get("sec-fetch-site")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin is None:
+        if site in (None, "same-origin", "none"):
+            return
+    elif origin == own or (cors and origin in cfg.cors_origins):
+        return
+    raise HttpError(403, "cross_origin", f"a write from {origin or site!r} is not this page's")
 
 
 def _int(raw: str, default: int, name: str, lo: int, hi: int) -> int:

@@ -95,3 +95,25 @@ def test_default_location_is_the_state_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SIFT_HOME", str(tmp_path / "home"))
     assert default_path() == (tmp_path / "home" / "labels.db").resolve()
     assert not (tmp_path / "home").exists()  # nothing is created until a store is opened
+
+
+def test_two_undos_at_once_undo_a_review_once(tmp_path):
+    """The read of the row sits inside the write transaction: of two concurrent undos of one review,
+    exactly one gets it; the other sees it undone already."""
+    for round_ in range(8):
+        path = tmp_path / f"l{round_}.db"
+        LabelStore(path, classes=("BAD", "GOOD")).add_correction("a", "BAD", who="u")
+        stores = [LabelStore(path, classes=("BAD", "GOOD")) for _ in range(2)]
+        gate, got = threading.Barrier(2), []
+
+        def undo(s):
+            gate.wait()
+            got.append(s.undo(1, who="u"))
+
+        threads = [threading.Thread(target=undo, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(x is None for x in got) == [False, True], got
+        assert [r["undone_by"] for r in stores[0].history()] == ["u"]

@@ -154,7 +154,15 @@ def test_every_route_needs_the_token_and_bad_requests_are_clear_4xx(review):
              (c.get("/api/media/nope"), 404, "unknown_item"),
              (c.post("/api/label", json={"id": "nope", "label": "BAD"}), 404, "unknown_item"),
              (c.post("/api/label", json={"id": item, "label": "UGLY"}), 422, "unknown_label"),
-             (c.post("/api/label", content=b"{not json"), 400, "bad_json"),
+             (c.post("/api/label", content=b"{not json", headers={"content-type": "application/json"}), 400, "bad_json"),
+             (c.post("/api/label", content=b'{"id": "x", "label": "BAD"}', headers={"content-type": "text/plain"}),
+              415, "json_required"),  # a form or text/plain POST from another page needs no preflight
+             # a page on another loopback port shares the cookie: its writes carry its Origin
+             (c.post("/api/label", json={"id": item, "label": "BAD"}, headers={"origin": "http://127.0.0.1:1"}),
+              403, "cross_origin"),
+             (c.post("/api/undo", json={}, headers={"sec-fetch-site": "same-site"}), 403, "cross_origin"),
+             (c.post("/api/label", json={"id": item, "label": "BAD"}, headers={"origin": "null"}), 403, "cross_origin"),
+             (c.post("/api/report", json={"id": "x"}, headers={"origin": "http://evil.test"}), 403, "cross_origin"),
              (c.post("/api/label", json=[1]), 422, "bad_json"),
              (c.post("/api/report", json={"url": "x"}), 422, "missing_id"),
              (c.post("/api/report", json={"id": "x", "suggested": "UGLY"}), 422, "bad_report"),

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -18,18 +19,18 @@ def test_the_server_command_binds_loopback_and_proxies_artifacts():
     assert command("0.0.0.0", 5000, "b", "a", allowed_hosts="10.0.0.5")[-1] == "10.0.0.5"
 
 
-@pytest.fixture
-def server(tmp_path):
+def _start(tmp_path, *extra, headers=None):
     (port,) = free_ports(1)
     env = {**os.environ, "SIFT_HOME": str(tmp_path)}
     log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "train.mlflow_server", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "train.mlflow_server", "--port", str(port), *extra], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/health", headers=headers or {}),
+                                        timeout=2) as r:
                 if r.status == 200:
                     break
         except OSError:
@@ -38,10 +39,48 @@ def server(tmp_path):
             proc.kill()
             pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield url, tmp_path
+    return url, proc, log
+
+
+def _stop(proc, log):
     proc.terminate()
     proc.wait(30)
     log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    url, proc, log = _start(tmp_path)
+    yield url, tmp_path
+    _stop(proc, log)
+
+
+@pytest.mark.slow
+def test_with_a_token_file_the_store_answers_only_bearers_of_it(tmp_path, monkeypatch):
+    import mlflow
+
+    (tmp_path / "token").write_text("s3cret-token\n")
+    token = "s3cret-token"
+    url, proc, log = _start(tmp_path, "--token-file", str(tmp_path / "token"), headers={"Authorization": f"Bearer {token}"})
+    try:
+        for sent in ({}, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search",
+                                                              headers=sent), timeout=10)
+            assert exc.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+        client = mlflow.MlflowClient(tracking_uri=url)
+        exp = client.create_experiment("through-the-proxy")
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "m", 0.5)
+        client.log_text(run.info.run_id, "x" * 100_000, "big.txt")  # an artifact upload, streamed through
+        assert client.get_run(run.info.run_id).data.metrics["m"] == 0.5
+        assert client.download_artifacts(run.info.run_id, "big.txt", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+        with pytest.raises(Exception, match="401|UNAUTHENTICATED|token"):
+            mlflow.MlflowClient(tracking_uri=url).get_run(run.info.run_id)
+    finally:
+        _stop(proc, log)
 
 
 @pytest.mark.slow
