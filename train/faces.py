@@ -135,6 +135,7 @@ def configure_offline(config_dir: str | Path | None = None) -> Path:
     Only fully effective before the process first imports ultralytics and onnxruntime, so call it
     first thing in a worker (FaceDetector does, and imports both lazily after it):
     - ultralytics resolves ONLINE (a DNS probe unless YOLO_OFFLINE) and its settings file at import;
+    - ultralytics reads ULTRALYTICS_SAFE_LOAD at import (a .pt detector is loaded weights-only);
     - onnxruntime (seen in 1.31 on Linux) reads ORT_DISABLE_TELEMETRY at import; without it, a session
       start resolves mobile.events.data.microsoft.com and writes ~/.cache/Microsoft/DeveloperTools.
     The config dir defaults to an existing YOLO_CONFIG_DIR, else a per-user temp dir, so ~/.config
@@ -145,6 +146,9 @@ def configure_offline(config_dir: str | Path | None = None) -> Path:
     os.environ["YOLO_CONFIG_DIR"] = str(cfg)
     os.environ["YOLO_OFFLINE"] = "1"  # is_online() -> False without any DNS lookup
     os.environ["YOLO_AUTOINSTALL"] = "0"  # never pip/uv install a missing package
+    # a .pt detector is a pickle: load it with torch.load(weights_only=True) and Ultralytics' allow-list
+    # of its own classes (safe load), so a crafted weights file cannot run code
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     # Read at call time, so also covers a process that imported ultralytics earlier: the ONNX backend
     # otherwise asks for `onnx` (not installed, not needed for inference) and would try to install it.
     os.environ["ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS"] = "1"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # A dead proxy (port 9, discard, on loopback; "<-loopback>" sends loopback there too): routed requests
 # are fulfilled before any proxy, so only what no route sees (preconnect, prefetch) goes there and fails.
 DEAD_PROXY = "http://127.0.0.1:9"
-LAUNCH_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+LAUNCH_FLAGS = ("--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-quic", f"--proxy-server={DEAD_PROXY}",
                 "--proxy-bypass-list=<-loopback>", "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
                 "--webrtc-ip-handling-policy=disable_non_proxied_udp", "--disable-features=NetworkPrediction")
@@ -81,6 +81,33 @@ SCROLL_JS = """() => { const e = document.scrollingElement; window.scrollBy(0, w
   return [e.scrollHeight, window.scrollY + window.innerHeight >= e.scrollHeight - 2]; }"""
 
 
+UNPRIVILEGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chromium-unprivileged.sh")
+
+
+def launch_options(cfg: ScrapeConfig, pw) -> dict:
+    """How Chromium is started: sandboxed always when ``browser_sandbox`` is on. As root (Chromium
+    refuses its sandbox there) through ``chromium-unprivileged.sh``, which drops to
+    ``browser_user`` first; so a renderer that a hostile page takes over holds neither root nor
+    the files next to it (the Ray token, the MLflow store, model files). ``browser_sandbox=false``
+    is the old --no-sandbox, for hosts where neither works (no user namespaces, no setpriv)."""
+    import shutil
+
+    exe = chromium_path(cfg, pw)
+    if not cfg.browser_sandbox:
+        return {"executable_path": exe, "chromium_sandbox": False}
+    if os.geteuid() != 0:
+        return {"executable_path": exe, "chromium_sandbox": True}
+    if not shutil.which("setpriv"):
+        from flows.core.config import ConfigError
+
+        raise ConfigError("running as root, the sandboxed browser needs setpriv (util-linux) to drop to "
+                          f"browser_user={cfg.browser_user}; install it, run sift as another user, or set "
+                          "browser_sandbox=false")
+    real = exe or pw.chromium.executable_path
+    return {"executable_path": UNPRIVILEGED, "chromium_sandbox": True,
+            "env": {**os.environ, "SIFT_CHROMIUM": real, "SIFT_BROWSER_USER": cfg.browser_user}}
+
+
 def chromium_path(cfg: ScrapeConfig, pw) -> str | None:
     """The configured Chromium, else None (Playwright's own) when it is installed, else the system's."""
     import shutil
@@ -110,8 +137,8 @@ class Browser:
 
     def _launch(self) -> None:
         cfg = self.cfg
-        self.browser = self.pw.chromium.launch(executable_path=chromium_path(cfg, self.pw), headless=True,
-                                               args=[*LAUNCH_FLAGS, *cfg.browser_args])
+        self.browser = self.pw.chromium.launch(headless=True, args=[*LAUNCH_FLAGS, *cfg.browser_args],
+                                               **launch_options(cfg, self.pw))
         w, h = cfg.viewport
         self.context = self.browser.new_context(user_agent=cfg.user_agent, service_workers="block",
                                                 viewport={"width": w, "height": h})

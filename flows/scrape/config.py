@@ -48,6 +48,8 @@ class ScrapeConfig:
     browser_cpus: float = knob(0.5, lo=0.05, hi=16.0)
     chromium: str = ""  # path; empty: Playwright's own browser if installed, else the system's
     browser_args: tuple[str, ...] = ()  # extra Chromium flags
+    browser_sandbox: bool = knob(True, help="Chromium's sandbox on (as root: run as browser_user); false: --no-sandbox")
+    browser_user: str = knob("nobody", help="the unprivileged user Chromium runs as when sift runs as root")
     # every page step (load, evaluate, scroll, click): past it the browser is killed and replaced
     page_timeout_s: float = knob(30.0, lo=1.0, hi=600.0)
     max_page_bytes: int = knob(10_000_000, lo=1, help="body cap of each page, script or stylesheet the browser loads")

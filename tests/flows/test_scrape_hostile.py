@@ -209,3 +209,23 @@ def test_urls_that_cannot_be_sent_as_written_are_failure_rows(tmp_path, ray_sess
     assert sorted(it["url"].rsplit("/", 1)[1] for it in items) == ["a\x7fb.jpg", "c d.jpg", "ok.jpg"]
     assert sorted(f["reason"] for f in fails) == ["bad_url", "bad_url"]  # the long src and the bad port
     assert all(len(f["url"]) <= 2000 for f in fails)
+
+
+def test_chromium_runs_sandboxed_and_never_as_root(tmp_path):
+    import os
+
+    import psutil
+
+    cfg, _ = _cfg()
+    fetcher = Fetcher(cfg)
+    browser = Browser(cfg, fetcher)
+    try:
+        procs = [p for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
+        assert procs
+        for p in procs:
+            assert "--no-sandbox" not in p.cmdline(), p.cmdline()[:3]
+            if os.geteuid() == 0:  # as root, every Chromium process is the unprivileged user's
+                assert p.uids().real != 0 and p.uids().effective != 0, (p.pid, p.uids())
+    finally:
+        browser.close()
+        fetcher.close()

@@ -232,3 +232,26 @@ def test_onnx_session_follows_torch_threads_without_spinning():
         np.testing.assert_allclose(det.features(_synthetic()), first, atol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_pickled_detector_that_would_run_code_is_refused(tmp_path):
+    """A .pt detector is a pickle: the safe load (weights_only + Ultralytics' allow-list) refuses one
+    whose unpickling would call os.system, and nothing runs. In a fresh process: the flag is read when
+    ultralytics is first imported."""
+    import subprocess
+    import sys
+
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    code = f"from train.faces import FaceDetector; FaceDetector({str(tmp_path / 'evil.pt')!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert r.returncode != 0 and not marker.exists(), (r.returncode, r.stderr[-800:])
