@@ -63,6 +63,8 @@ class ServeConfig(OperatingPointKnobs):
     jobs_db: str = knob("", help="SQLite file of the job queue (default: $SIFT_HOME/jobs.db)")
     max_pending_jobs: int = knob(1000, lo=1)
     job_concurrency: int = knob(8, lo=1, hi=1024)
+    job_lease_s: float = knob(30.0, lo=1.0, hi=3600.0, help="a claimed job is its worker's this long, renewed while it "
+                              "works; a dead worker's job is taken again after it")
     job_max_attempts: int = knob(3, lo=1, hi=100, help="workers a job may cost (a crash, a lost lease) before it "
                                  "is failed with the reason")
     job_retention_s: float = knob(7 * 86400.0, lo=60.0, help="finished jobs (and their payloads) are purged "

@@ -54,8 +54,8 @@ def check_jobs_db(cfg) -> Path:
 
 
 class JobRunner:
-    def __init__(self, api, cfg, lease_s: float = 30.0):
-        self.api, self.cfg, self.lease_s = api, cfg, lease_s
+    def __init__(self, api, cfg, lease_s: float | None = None):
+        self.api, self.cfg, self.lease_s = api, cfg, lease_s or cfg.job_lease_s
         self.store = JobStore(check_jobs_db(cfg))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.max_attempts = cfg.job_max_attempts

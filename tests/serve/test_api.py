@@ -199,6 +199,46 @@ def test_jobs_run_and_survive_a_restart(server, api, trained):
     assert client.get("/v1/jobs/nope").status_code == 404
 
 
+def test_jobs_survive_the_api_process_being_killed(server, trained):
+    """SIGKILL the ingress replica (where the job runner lives) with jobs queued and running: Serve
+    starts a new one, which takes the dead one's jobs once their lease is over; none lost or stuck."""
+    import os
+    import signal
+
+    import psutil
+
+    deploy, _ = server
+    _, client = deploy("job_lease_s=2", "job_concurrency=1")
+    try:
+        ids = []
+        for k in range(3):
+            items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
+            r = client.post("/v1/jobs", json={"items": items})
+            assert r.status_code == 202
+            ids.append(r.json()["id"])
+        api = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])]
+        assert len(api) == 1
+        os.kill(api[0].pid, signal.SIGKILL)
+        deadline = time.time() + 180
+        pending = set(ids)
+        while pending and time.time() < deadline:
+            try:
+                for jid in list(pending):
+                    body = client.get(f"/v1/jobs/{jid}").json()
+                    if body.get("status") in ("done", "failed"):
+                        assert body["status"] == "done", body
+                        assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
+                        pending.discard(jid)
+            except (httpx.HTTPError, ValueError):  # the replica is being replaced: 5xx/refused meanwhile
+                pass
+            time.sleep(0.5)
+        assert not pending, f"jobs lost or stuck after the kill: {pending}"
+        assert api[0].pid not in {p.pid for p in psutil.process_iter(["cmdline"])
+                                  if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])}
+    finally:
+        deploy()
+
+
 def test_auth_required_when_a_token_is_set(server):
     deploy, _ = server
     _, client = deploy("token=s3cret")
