@@ -36,10 +36,13 @@ if TYPE_CHECKING:
 # A dead proxy (port 9, discard, on loopback; "<-loopback>" sends loopback there too): routed requests
 # are fulfilled before any proxy, so only what no route sees (preconnect, prefetch) goes there and fails.
 DEAD_PROXY = "http://127.0.0.1:9"
-LAUNCH_FLAGS = ("--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic", f"--proxy-server={DEAD_PROXY}",
-                "--proxy-bypass-list=<-loopback>", "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-                "--webrtc-ip-handling-policy=disable_non_proxied_udp", "--disable-features=NetworkPrediction")
+BASE_FLAGS = ("--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", "--disable-quic")
+# what makes the scraping browser unable to reach anything but through its routes
+ISOLATION_FLAGS = (f"--proxy-server={DEAD_PROXY}", "--proxy-bypass-list=<-loopback>",
+                   "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+                   "--webrtc-ip-handling-policy=disable_non_proxied_udp", "--disable-features=NetworkPrediction")
+LAUNCH_FLAGS = BASE_FLAGS + ISOLATION_FLAGS
 # Run in every frame before the page's own scripts: no peer connections (they open UDP sockets that
 # no route sees), no navigator.sendBeacon (its requests are "ping"s, aborted anyway: fail loudly).
 INIT_JS = """(() => { for (const k of ['RTCPeerConnection', 'webkitRTCPeerConnection', 'RTCDataChannel',

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from flows import scrape
-from flows.scrape.browser import LAUNCH_FLAGS
+from flows.scrape.browser import BASE_FLAGS
 from flows.ingest.inputs import discover
 
 pytestmark = pytest.mark.slow
@@ -187,7 +187,7 @@ def _open_in_browser(html: Path, png: Path):
     from playwright.sync_api import sync_playwright
 
     pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[*LAUNCH_FLAGS, NO_DNS])
+    browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[*BASE_FLAGS, NO_DNS])
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(html.as_uri())
     page.screenshot(path=str(png), full_page=True)

@@ -116,10 +116,10 @@ def review(preprocessed, trained, tmp_path_factory):
 def chromium():
     from playwright.sync_api import sync_playwright
 
-    from flows.scrape.browser import LAUNCH_FLAGS
+    from flows.scrape.browser import BASE_FLAGS
 
     pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=list(LAUNCH_FLAGS))
+    browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=list(BASE_FLAGS))
     yield browser
     browser.close()
     pw.stop()
