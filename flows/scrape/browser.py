@@ -152,8 +152,7 @@ class Browser:
         self.timed_out.clear()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # a killed browser has nothing left to close
-            self.browser.close()
+        self.close_browser()
         self.pw.stop()
 
     def _route(self, route) -> None:
@@ -216,7 +215,7 @@ class Browser:
         return self.page
 
     def close_browser(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a killed browser has nothing left to close
             self.browser.close()
 
     def _goto(self, page, url: str) -> None:
