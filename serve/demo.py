@@ -49,8 +49,9 @@ def held_out(data: Path, n: int, truth: dict[str, str] | None = None) -> tuple[l
     """(path, label) of labeled test-split images, and one video of the test split if any."""
     t = pads.dataset(str(data / "data"), format="parquet").to_table(
         columns=["path", "kind", "split", "label_name", "pool"]).to_pandas()
+    t = t.sort_values("path", kind="stable")  # the same items every run, whatever order preprocess wrote
     test = t[t.split == "test"]
-    videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test")
+    videos = t[t.kind == "thumbnail"].sort_values("split", key=lambda s: s != "test", kind="stable")
     video = videos.path.iloc[0] if len(videos) else None
     if truth:  # every test image has a true class: clean, noisy pool and unlabeled alike
         imgs = test[test.kind == "image"].drop_duplicates("path")

@@ -45,11 +45,15 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, squares: list[np.ndarray], ids: list[str]) -> np.ndarray:
-        """uint8 squares (B,S,S,3) -> (B, V, D) float32; augmentations seeded by item ids."""
+        """uint8 squares (B,S,S,3) -> (B, V, D) float32. Each item's augmented views come from its own
+        generator seeded by (id, seed): an item gets the same views whichever batch it lands in, so the
+        cache does not depend on how Ray Data cut the blocks."""
         x = to_uint8_batch(squares)
-        g = torch.Generator().manual_seed(_seed_of(ids, self.seed))
+        gens = [torch.Generator().manual_seed(_seed_of(i, self.seed)) for i in ids]
         views = [center_crop(x, self.p.crop)]
-        views += [augment(x, (self.p.crop, self.p.crop), generator=g, **self.aug) for _ in range(self.views - 1)]
+        for _ in range(self.views - 1):
+            views.append(torch.cat([augment(x[i:i + 1], (self.p.crop, self.p.crop), generator=g, **self.aug)
+                                    for i, g in enumerate(gens)]))
         out = []
         for v in views:
             out.append(embed(self.model, normalize(v, self.p), self.stats))
@@ -70,8 +74,8 @@ class Embedder:
         return out
 
 
-def _seed_of(ids: list[str], seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(("|".join(ids) + str(seed)).encode()).digest()[:7], "big")
+def _seed_of(item_id: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{item_id}|{seed}".encode()).digest()[:7], "big")
 
 
 def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, faces: dict | None,
@@ -87,7 +91,8 @@ def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, f
     if weights is not None:  # random builtins share a config; their weights (seeded) identify them
         st = weights.stat()
         bb_id += f"{st.st_size}"
-    parts = [data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}]
+    # "v2": rows sorted by id, views seeded per item (caches built before that are not reused)
+    parts = [data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}, "v2"]
     if stats:  # appended only when on, so caches built without the branch keep their keys
         parts.append("colour-stats")
     blob = json.dumps(parts, sort_keys=True, default=str)
@@ -110,6 +115,11 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
     # an older preprocess output has no tags column: read what is there
     ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=[c for c in KEEP if c in have],
                                num_cpus=io_cpus)
+    # Rows sorted by id and written in that order: preprocessing's actor pool writes rows in whatever
+    # order its actors finish, and training reads the cache in file order, so without this the same
+    # data and seed would give different batches (and metrics) after every re-preprocess.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ds = ds.sort("id")
     ds = ds.map_batches(
         Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug, stats),
         batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,

@@ -27,6 +27,7 @@ from .config import for_classes, load_train, state_dir
 from .context import RunContext
 from .loop import LossSpec
 from .losses import default_cost_matrix
+from .metrics import metric_name
 from .model import load_backbone, resolve_backbone
 
 
@@ -226,10 +227,15 @@ def table(summary: dict) -> str:
     """The evaluation table printed at the end of a run."""
     m = summary["metrics"]
     classes = summary["classes"]
-    rows = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6}"]
+    rows = [f"{'class':<10} {'n':>5} {'precision':>9} {'recall':>7} {'f1':>6}   (test split, clean labels only)"]
     for c in classes:
-        rows.append(f"{c:<10} {m.get(f'test_precision_{c}', float('nan')):9.3f} "
-                    f"{m.get(f'test_recall_{c}', float('nan')):7.3f} {m.get(f'test_f1_{c}', float('nan')):6.3f}")
+        k = metric_name(c)
+        n = m.get(f"test_n_{k}")
+        if n == 0:  # e.g. a class whose only labels are a noisy pool: nothing to measure it on
+            rows.append(f"{c:<10} {0:>5}   no clean test items: not measured (macro_f1 counts it as 0)")
+            continue
+        rows.append(f"{c:<10} {'?' if n is None else int(n):>5} {m.get(f'test_precision_{k}', float('nan')):9.3f} "
+                    f"{m.get(f'test_recall_{k}', float('nan')):7.3f} {m.get(f'test_f1_{k}', float('nan')):6.3f}")
     keys = [k for k in m if k.startswith("test_") and ("recall_at" in k or k in ("test_macro_f1", "test_ece", "test_accuracy"))]
     rows += [f"{k[5:]:<32} {m[k]:.3f}" for k in keys]
     rows.append(f"temperature {m.get('temperature', 1.0):.3f}   thresholds "

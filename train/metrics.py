@@ -222,7 +222,7 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: 
 
     Predictions are argmax, or the serving rule when ``thresholds`` (a Decision or per-class
     thresholds) are given; uncertain_rate is the share of items no class claimed. Keys (class names
-    passed through ``metric_name``): accuracy, macro_f1, ece, precision_<C>, recall_<C>, f1_<C> and
+    passed through ``metric_name``): accuracy, macro_f1, ece, n_<C> (items), precision_<C>, recall_<C>, f1_<C> and
     ap_<C> (one-vs-rest average precision of P(C), independent of the predictions) for each class
     and, when positive and negative are both in classes, <neg>2<pos>_rate (the realised rate of
     these predictions) and <pos>_recall_at_<neg>2<pos>_le_<pct> per rate (the best recall of a sweep
@@ -241,10 +241,10 @@ def evaluate(probs, y, classes: Sequence[str], *, positive: str = "", negative: 
     out: dict = {"accuracy": float(np.trace(cm) / n) if n else math.nan,
                  "macro_f1": macro_f1(cm), "ece": ece(probs, y),
                  "uncertain_rate": float((~sure).mean()) if n else math.nan}
-    p, r, f, _ = _prf(cm)
+    p, r, f, support = _prf(cm)
     for i, c in enumerate(classes):
         name = metric_name(c)
-        out.update({f"precision_{name}": float(p[i]), f"recall_{name}": float(r[i]),
+        out.update({f"n_{name}": float(support[i]), f"precision_{name}": float(p[i]), f"recall_{name}": float(r[i]),
                     f"f1_{name}": float(f[i]), f"ap_{name}": average_precision(probs[:, i], y == i)})
     if positive in classes and negative in classes:
         pi, ni = list(classes).index(positive), list(classes).index(negative)

@@ -41,6 +41,16 @@ def local_cpus() -> int:
     return 2 * (os.cpu_count() or 1)
 
 
+def quiet_worker() -> None:
+    """Setup hook of every worker of a local Ray. Without a dashboard there is no state API, so Ray
+    Train's PlacementGroupCleaner fails its liveness query once a second for the whole fit and logs a
+    warning each time (dozens of identical lines in the middle of the training log). Its job, removing
+    a dead controller's placement group, is done anyway when the local Ray ends with this process."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def init_ray(num_cpus: int | None = None, quiet: bool = True):
     """Join the cluster in ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray."""
     quiet_env()
@@ -53,7 +63,8 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False, **kwargs)
+        ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "flows.core.runtime.quiet_worker"}, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.print_on_execution_start = False

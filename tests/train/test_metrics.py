@@ -182,9 +182,10 @@ def test_evaluate_keys_values_and_mlflow_names():
     cm = np.array(m.pop("confusion"))
     assert cm.sum() == len(y)
     expected = {"accuracy", "macro_f1", "ece", "uncertain_rate", "GOOD2BAD_rate"}
-    expected |= {f"{k}_{c}" for k in ("precision", "recall", "f1", "ap") for c in CLASSES}
+    expected |= {f"{k}_{c}" for k in ("n", "precision", "recall", "f1", "ap") for c in CLASSES}
     expected |= {f"BAD_recall_at_GOOD2BAD_le_{p}" for p in (1, 2, 5)}
     assert set(m) == expected
+    assert [m[f"n_{c}"] for c in CLASSES] == [float((y == i).sum()) for i in range(len(CLASSES))]
     assert all(isinstance(v, float) for v in m.values())
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./ ]+", k) for k in m)
     assert m["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
