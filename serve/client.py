@@ -68,7 +68,8 @@ class Local:
         self.cfg = load_serve(overrides=overrides)
         path, name, version = resolve_model(model, tracking_uri)
         self.limits = Limits.of(self.cfg)
-        self.predictor = Predictor(path, name, version, operating_point=self.cfg.operating_point())
+        self.predictor = Predictor(path, name, version, operating_point=self.cfg.operating_point(),
+                                   runtime=self.cfg.runtime_kwargs())
 
     def classify(self, path: Path, tiles: int = 1) -> dict:
         from serve.predictor import ApiError, prepare_image

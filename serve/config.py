@@ -8,12 +8,14 @@ from typing import Iterable
 
 from flows.core.config import build, knob, load
 from train.decision import OperatingPointKnobs
+from train.runtime import RuntimeKnobs
 
 
 
 @dataclasses.dataclass(frozen=True)
-class ServeConfig(OperatingPointKnobs):
-    # the operating point (thresholds, max_rate, fallback) comes from OperatingPointKnobs
+class ServeConfig(OperatingPointKnobs, RuntimeKnobs):
+    # the operating point (thresholds, max_rate, fallback) comes from OperatingPointKnobs, the engine
+    # (runtime=auto|torch|onnx|onnx-int8, min_agreement) from RuntimeKnobs
     # sift serve: defaults. Override as key=value: `sift serve model=/path/to/artifact port=8080`.
     model: str = "models:/sift-classifier@champion"  # or a local artifact dir (train's .sift/runs/RUN/model)
     tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db

@@ -17,7 +17,7 @@ from flows.core.config import ConfigError
 from flows.core.errors import HttpError
 from flows.media.images import open_image, resize_short
 from flows.media.validate import Reject, check
-from train.artifact import META, SiftModel
+from train.artifact import SiftModel
 from serve.timeline import aggregate, segments, smooth, video_label
 
 # reject reason -> HTTP status: 413 too big, 415 not a supported medium, 422 undecodable, 400 else
@@ -42,42 +42,12 @@ def from_reject(exc: Reject, what: str = "") -> ApiError:
     return ApiError(STATUS.get(exc.reason, 400), exc.reason, f"{what}{exc.reason}: {exc.detail}".strip())
 
 
-def find_artifact(root: Path) -> Path:
-    """The artifact dir inside a downloaded MLflow model (pyfunc keeps it under artifacts/model)."""
-    for cand in (root, root / "artifacts" / "model"):
-        if (cand / META).exists():
-            return cand
-    hits = list(root.rglob(META))
-    if not hits:
-        raise FileNotFoundError(f"no {META} under {root}: not a sift model")
-    return hits[0].parent
-
-
 def resolve_model(uri: str, tracking_uri: str | None = None, cache: Path | None = None) -> tuple[Path, str, str]:
-    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local dir -> (local dir, name, version)."""
-    if not uri.startswith("models:/"):
-        path = Path(uri)
-        return find_artifact(path), path.name, "local"
-    from train.config import state_dir
-    from train.tracking import use
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local dir -> (local dir, name, version)
+    (``train.tracking.resolve_model``)."""
+    from train.tracking import resolve_model as resolve
 
-    mlflow = use(tracking_uri or None)
-    client = mlflow.MlflowClient()
-    ref = uri[len("models:/"):]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, number = ref.rsplit("/", 1)
-        mv = client.get_model_version(name, number)
-    version = str(mv.version)
-    # keyed by run too: version numbers restart in every MLflow store
-    dst = Path(cache or state_dir() / "serve_models") / name / f"{version}-{mv.run_id}"
-    if not (dst / ".complete").exists():
-        dst.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst))
-        (dst / ".complete").write_text("ok")
-    return find_artifact(dst), name, str(version)
+    return resolve(uri, tracking_uri, cache)
 
 
 @dataclass(frozen=True)
@@ -172,9 +142,10 @@ class Predictor:
     """A loaded model plus the response format; ``classify`` takes prepared RGB arrays."""
 
     def __init__(self, model_dir: Path, name: str = "", version: str = "", device: str = "cpu",
-                 operating_point: dict | None = None):
-        """``operating_point``: ``SiftModel.operating_point`` keywords (serve-time thresholds)."""
-        self.model = SiftModel(model_dir, device=device)
+                 operating_point: dict | None = None, runtime: dict | None = None):
+        """``operating_point``: ``SiftModel.operating_point`` keywords (serve-time thresholds);
+        ``runtime``: ``SiftModel``'s engine keywords (``RuntimeKnobs.runtime_kwargs``)."""
+        self.model = SiftModel(model_dir, device=device, **(runtime or {}))  # a runtime it lacks: RuntimeChoiceError
         if operating_point:
             try:
                 self.model.operating_point(**operating_point)

@@ -7,12 +7,15 @@
                                a torchvision CNN (sift_backbone.json + weights.pt), see train/backbones.py
     ARTIFACT/head.pt           head weights
     ARTIFACT/faces/<weights>   the detector weights, copied so the artifact stands alone
+    ARTIFACT/onnx/             model.onnx (backbone + head, fp32) and model.int8.onnx (dynamic INT8), with
+                               their measured agreement in sift_model.json's "runtimes" (train/runtime)
 
 Serving, batch prediction and ``sift classify`` all call :class:`SiftModel`, which prepares images
 exactly as training did (``flows.media.images`` then ``train.transforms``) and writes nothing.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
@@ -26,6 +29,7 @@ from PIL import Image
 
 from flows.media.images import open_image, resize_short
 
+from . import runtime as runtimes
 from .colour import ColourStats
 from .decision import Decision
 from .model import Classifier, Head, HeadOutput, load_backbone
@@ -79,9 +83,11 @@ def save(out: Path, model: Classifier, *, backbone_id: str, preproc: Preproc, sh
 class SiftModel:
     """A loaded artifact: images in, calibrated probabilities and thresholded labels out."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", workers: int | None = None):
+    def __init__(self, path: str | Path, device: str = "cpu", workers: int | None = None,
+                 runtime: str = "auto", min_agreement: float | None = None):
         """``workers``: CPU forward workers (default: torch's thread count on CPU, 1 on a GPU); see
-        :meth:`forward`."""
+        :meth:`forward`. ``runtime``: auto | torch | onnx | onnx-int8 (``train.runtime.choose``:
+        auto is INT8 ONNX on a CPU when the export's recorded agreement passes ``min_agreement``)."""
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
         self.classes = self.meta["classes"]
@@ -94,22 +100,23 @@ class SiftModel:
         self.tile_edge = max(self.short_edge, tile_edge(self.preproc.size))
         # a score head's output in [0, 1] maps back to the training targets' range
         self.score_range = tuple(self.meta.get("score_range") or (0.0, 1.0)) if self.meta["score_head"] else None
-        backbone, _ = load_backbone(str(self.path / "backbone"))  # the preprocessing is the artifact's
         self.tags = list(self.meta.get("tags") or [])
         self.tag_thresholds = np.asarray(self.meta.get("tag_thresholds") or [0.5] * len(self.tags), np.float64)
-        zs = self.meta.get("zero_shot")  # the buffer's shape, filled by head.pt
-        self.model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
-                                self.meta["dropout"], self.meta["score_head"], len(self.tags),
-                                torch.zeros(len(self.classes), backbone.dim) if zs else None,
-                                zs["scale"] if zs else 1.0,
-                                stats=ColourStats(self.preproc.mean, self.preproc.std) if self.meta.get("colour_stats") else None)
-        self.model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu", weights_only=True))
         self.device = device
-        self.model.to(device).eval()
         self.workers = max(1, workers or (torch.get_num_threads() if device == "cpu" else 1))
-        # each worker thread runs torch single-threaded: the thread count is per thread once set
-        self.pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,),
-                                       thread_name_prefix="sift-forward") if self.workers > 1 else None
+        self.runtime, self.runtime_reason = runtimes.choose(self.meta.get("runtimes"), runtime, device, min_agreement)
+        self.graph, self.pool = None, None
+        if self.runtime != "torch":
+            from .runtime.session import OrtGraph
+
+            # ONNX Runtime's own intra-op pool takes the worker budget (spin-wait off when shared)
+            self.graph = OrtGraph(self.path / self.meta["runtimes"][self.runtime]["file"], threads=self.workers)
+        else:
+            _ = self.model  # loaded now, not on the first request
+            if self.workers > 1:
+                # each worker thread runs torch single-threaded: the thread count is per thread once set
+                self.pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,),
+                                               thread_name_prefix="sift-forward")
         self.detector = None
         faces = self.meta.get("faces")
         if faces:
@@ -117,6 +124,20 @@ class SiftModel:
 
             self.detector = FaceDetector(weights=self.path / faces["weights"], face_classes=faces["face_classes"],
                                          extra_classes=faces.get("extra_classes", ()), conf=faces["conf"])
+
+    @functools.cached_property
+    def model(self) -> Classifier:
+        """The torch Classifier, in eval mode on ``device``: loaded when the runtime is torch, and
+        on first use otherwise (an ONNX runtime never needs it)."""
+        backbone, _ = load_backbone(str(self.path / "backbone"))  # the preprocessing is the artifact's
+        zs = self.meta.get("zero_shot")  # the buffer's shape, filled by head.pt
+        model = Classifier(backbone, len(self.classes), self.meta["n_face"], self.meta["hidden"],
+                           self.meta["dropout"], self.meta["score_head"], len(self.tags),
+                           torch.zeros(len(self.classes), backbone.dim) if zs else None,
+                           zs["scale"] if zs else 1.0,
+                           stats=ColourStats(self.preproc.mean, self.preproc.std) if self.meta.get("colour_stats") else None)
+        model.head.load_state_dict(torch.load(self.path / "head.pt", map_location="cpu", weights_only=True))
+        return model.to(self.device).eval()
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -172,14 +193,8 @@ class SiftModel:
             return Outputs(np.zeros((0, len(self.classes)), np.float32),
                            np.zeros(0) if self.score_range else None,
                            np.zeros((0, len(self.tags))) if self.tags else None)
-        face = self._faces(images)
-        if tiles == 5:
-            sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
-            face = np.repeat(face, 5, axis=0)
-        else:
-            sq = np.stack([square(im, self.preproc.size, self.preproc.fit) for im in images])
-        x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
-        raw = self.forward(x, torch.from_numpy(face).to(self.device))
+        x, face = self.model_inputs(images, tiles)
+        raw = self.forward(x, face)
         out = raw.logits.float().cpu().numpy()
         score = raw.score.float().cpu().numpy().astype(np.float64) if raw.score is not None else None
         tags = torch.sigmoid(raw.tags).float().cpu().numpy().astype(np.float64) if raw.tags is not None else None
@@ -192,6 +207,18 @@ class SiftModel:
             lo, hi = self.score_range or (0.0, 1.0)
             score = lo + score * (hi - lo)
         return Outputs(out, score, tags)
+
+    def model_inputs(self, images: list[Image.Image], tiles: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prepared RGB images -> the graph's inputs: normalised pixels (N or 5N, 3, S, S) float32 and
+        face features (N or 5N, F) float32, on ``device``."""
+        face = self._faces(images)
+        if tiles == 5:
+            sq = np.concatenate([five_crops(im, self.preproc.size) for im in images])
+            face = np.repeat(face, 5, axis=0)
+        else:
+            sq = np.stack([square(im, self.preproc.size, self.preproc.fit) for im in images])
+        x = normalize(center_crop(to_uint8_batch(sq), self.preproc.crop), self.preproc).to(self.device)
+        return x, torch.from_numpy(face).to(self.device)
 
     def tag_lists(self, tag_probs: np.ndarray | None) -> list[list[str]]:
         """(N, T) tag probabilities -> per item the tags at or above their thresholds."""
@@ -212,7 +239,14 @@ class SiftModel:
         batch, and with two chunks per worker one that gets its core back takes the spare. Measured
         on 2 cores, ViT-B/32, batch 32, next to a process using half a core: 2.40 s -> 1.83 s per
         batch; alone it is the same (1.43-1.47 s both ways).
+
+        With an ONNX runtime the batch is one call of the exported graph (its own pool of
+        ``workers`` threads, see ``train.runtime.session``).
         """
+        if self.graph is not None:
+            out = self.graph(x.cpu().numpy(), face.cpu().numpy())
+            get = lambda k: torch.from_numpy(out[k]) if k in out else None  # noqa: E731
+            return HeadOutput(get("logits"), get("score"), get("tags"))
         if self.pool is None or len(x) < 2:
             with torch.no_grad():
                 return self.model(pixels=x, face=face)

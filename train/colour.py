@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 DIM = 117
 EDGE = 24 / 255  # a grey-level step this large between neighbours is an edge
@@ -39,7 +38,7 @@ class ColourStats(nn.Module):
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         rgb = (pixels.float() * self.std + self.mean).clamp(0, 1)
-        b, n = rgb.shape[0], rgb.shape[2] * rgb.shape[3]
+        n = rgb.shape[2] * rgb.shape[3]
         mx, mn = rgb.max(dim=1).values, rgb.min(dim=1).values  # (B, S, S)
         chroma = mx - mn
         sat = torch.where(mx > 0, chroma / mx.clamp_min(1e-6), torch.zeros_like(mx))
@@ -48,12 +47,24 @@ class ColourStats(nn.Module):
         hist = [_counts((x * k).long().clamp(max=k - 1), k) / n for x, k in ((sat, 8), (mx, 8))]
         hue = _counts((hue_of(rgb, mx, chroma) * 12).long().clamp(max=11), 12, weights=sat) / n
         grey = rgb.mean(dim=1)
-        grad = torch.hypot(grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1])
+        dx, dy = grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1]
+        grad = torch.sqrt(dx * dx + dy * dy)  # not torch.hypot: ONNX has no such op (the export needs this)
         edges = (grad > EDGE).float()
         moments = torch.stack([sat.mean((1, 2)), sat.std((1, 2)), mx.mean((1, 2)), mx.std((1, 2)),
                                chroma.mean((1, 2)), edges.mean((1, 2)), grad.mean((1, 2))], dim=1)
-        grids = [F.adaptive_avg_pool2d(x.unsqueeze(1), 3).reshape(b, 9) for x in (edges, sat)]
+        grids = [grid_means(x, 3) for x in (edges, sat)]
         return torch.cat([joint, *hist, hue, moments, *grids], dim=1)
+
+
+def grid_means(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x (B, H, W) -> (B, k*k) means over a k x k grid of cells, row-major: exactly
+    ``F.adaptive_avg_pool2d(x[:, None], k)`` (cell i spans floor(i H / k) .. ceil((i+1) H / k)), written
+    with static slices because ONNX's export has no adaptive pooling when k does not divide H."""
+    H, W = x.shape[-2:]
+    # ceil as (a + k - 1) // k, not -(-a // k): traced for ONNX, integer division truncates towards zero
+    rows = [(i * H // k, ((i + 1) * H + k - 1) // k) for i in range(k)]
+    cols = [(j * W // k, ((j + 1) * W + k - 1) // k) for j in range(k)]
+    return torch.stack([x[:, r0:r1, c0:c1].mean((1, 2)) for r0, r1 in rows for c0, c1 in cols], dim=1)
 
 
 def hue_of(rgb: torch.Tensor, mx: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:

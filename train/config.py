@@ -127,6 +127,11 @@ class TrainConfig:
     labels_db: str = knob("", help="label store of `sift review` (default: $SIFT_HOME/labels.db when it exists)")
     use_corrections: bool = True
     predictions: bool = True
+    # inference runtimes (train/runtime): the artifact also carries the model as ONNX fp32 and INT8,
+    # with their label agreement with torch measured on up to export_items validation items
+    export_onnx: bool = knob(True, help="write onnx/model.onnx and its INT8 twin into the artifact "
+                             "(runtime=auto serves INT8 on a CPU when its agreement passes)")
+    export_items: int = knob(1000, lo=0, hi=1_000_000, help="validation items the export's agreement is measured on")
     # Ray
     # Ray Train
     num_workers: int = knob(1, lo=1, hi=4096)

@@ -45,6 +45,19 @@ def _example_jpeg(ctx) -> bytes:
     raise RuntimeError("the val split is empty: nothing to calibrate on")
 
 
+def _val_items(limit: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Up to ``limit`` validation items: (encoded images, label indices (-1: none), clean (bool))."""
+    images, labels, clean = [], [], []
+    for nb in ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy"):
+        take = max(0, limit - len(images))
+        images += [bytes(b) for b in nb["image"][:take]]
+        labels += [int(v) for v in nb["label"][:take]]
+        clean += [str(v) == "clean" for v in nb["pool"][:take]]
+        if len(images) >= limit:
+            break
+    return images, np.asarray(labels, np.int64), np.asarray(clean, bool)
+
+
 def pool_mixes(probs, y, pool, classes: list[str], priors: dict) -> dict[str, dict]:
     """{noisy pool class: ``noisy.estimate``} from held-out calibrated ``probs`` (N, C), labels ``y``
     and pool codes (0 clean, 1 noisy); pools without a held-out item are left out."""
@@ -218,6 +231,12 @@ def finalize(ctx: RunContext, model, state: TrainState, mlflow, run, teacher=Non
         tags=ctx.tags, tag_thresholds=tag_t,
         zero_shot={"prompts": ctx.zero_shot["prompts"], "scale": ctx.zero_shot["scale"]}
         if ctx.zero_shot else None)
+    if cfg.export_onnx:  # before logging: the graphs travel with the model to MLflow and the registry
+        from .runtime.export import export_artifact, flat_metrics
+
+        images, labels, clean = _val_items(cfg.export_items)
+        record = export_artifact(art, images, labels, clean=clean, log=say)
+        out.update(flat_metrics(record))
     version = ""
     if mlflow:
         mlflow.log_metrics({k: v for k, v in out.items() if np.isfinite(v)}, step=state.step)

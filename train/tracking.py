@@ -18,7 +18,7 @@ from flows.core.errors import SiftError
 from .config import state_dir
 
 SELECTION = "val_selection"  # the metric promotion compares (higher is better)
-PIP_REQUIREMENTS = ["torch", "transformers", "pillow", "numpy", "pandas", "ultralytics", "onnxruntime"]
+PIP_REQUIREMENTS = ["torch", "transformers", "pillow", "numpy", "pandas", "ultralytics", "onnxruntime", "onnx"]
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -71,8 +71,9 @@ def _pyfunc_class():
     return SiftPyfunc
 
 
-def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[str], example_jpeg: bytes) -> str:
-    """Log the artifact as a pyfunc model with its signature, register it, alias it ``candidate``."""
+def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[str], example_jpeg: bytes,
+                     alias: str | None = "candidate") -> str:
+    """Log the artifact as a pyfunc model with its signature, register it, alias it ``alias``."""
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({"image": [base64.b64encode(example_jpeg).decode()]})
@@ -82,8 +83,51 @@ def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[
         signature=infer_signature(example, output), input_example=example,
         pip_requirements=PIP_REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(model_name, "candidate", version)
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
     return version
+
+
+def find_artifact(root: Path) -> Path:
+    """The artifact dir inside a downloaded MLflow model (pyfunc keeps it under artifacts/model)."""
+    from .artifact import META
+
+    for cand in (root, root / "artifacts" / "model"):
+        if (cand / META).exists():
+            return cand
+    hits = list(root.rglob(META))
+    if not hits:
+        raise SiftError(f"no {META} under {root}: not a sift model", reason="not_a_model")
+    return hits[0].parent
+
+
+def model_version(client, uri: str):
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> its ModelVersion."""
+    ref = uri[len("models:/"):]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = ref.rsplit("/", 1)
+    return client.get_model_version(name, number)
+
+
+def resolve_model(uri: str, tracking_uri: str | None = None, cache: Path | None = None) -> tuple[Path, str, str]:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local dir -> (local dir, name, version).
+
+    A registered version is downloaded once into ``cache`` (default $SIFT_HOME/serve_models), keyed by
+    version and run (version numbers restart in every MLflow store)."""
+    if not uri.startswith("models:/"):
+        path = Path(uri)
+        return find_artifact(path), path.name, "local"
+    mlflow = use(tracking_uri or None)
+    mv = model_version(mlflow.MlflowClient(), uri)
+    name, version = mv.name, str(mv.version)
+    dst = Path(cache or state_dir() / "serve_models") / name / f"{version}-{mv.run_id}"
+    if not (dst / ".complete").exists():
+        dst.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst))
+        (dst / ".complete").write_text("ok")
+    return find_artifact(dst), name, version
 
 
 def version_of_run(client, model_name: str, run_id: str):

@@ -17,6 +17,7 @@ COMMANDS = {
     "tune": ("train.tune", "Ray Tune search (ASHA) over the training knobs; best trial -> @candidate"),
     "mlflow-server": ("train.mlflow_server", "the MLflow tracking server (SQLite under .sift, loopback by default)"),
     "promote": ("train.promote", "move the @champion alias to a run's model if it is better"),
+    "export": ("train.runtime.main", "add ONNX fp32 + INT8 graphs (agreement measured) to an older model"),
     "runs": ("train.runs", "compare MLflow runs: key metrics, differing params, a plot"),
     "serve": ("serve.main", "start the HTTP API on Ray Serve (batched, GPU when present)"),
     "scan": ("serve.offline.scan.job", "long videos -> cuts, scored frames, labelled segments, plot (+ --reel)"),

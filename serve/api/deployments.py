@@ -156,7 +156,8 @@ class Model:
         device = self.cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.predictor = Predictor(path, name, version, device=device, operating_point=self.cfg.operating_point())
+        self.predictor = Predictor(path, name, version, device=device, operating_point=self.cfg.operating_point(),
+                                   runtime=self.cfg.runtime_kwargs())
         self.uri = uri
 
     def reconfigure(self, user_config: dict) -> None:
@@ -170,6 +171,7 @@ class Model:
         p = self.predictor
         return {"model": p.name, "version": p.version, "classes": p.classes,
                 "operating_point": p.model.decision.describe(p.classes),
+                "runtime": p.model.runtime, "runtime_reason": p.model.runtime_reason,
                 "short_edge": p.model.short_edge, "tile_edge": p.model.tile_edge, "uri": self.uri}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)

@@ -34,7 +34,8 @@ from flows.core.config import ConfigError
 
 from flows.core.knobs import add_knobs_flag
 
-from serve.offline.batch import ENCODED, SCORE, TAGS, check_budget, check_operating_point, prob_column, score, stream
+from serve.offline.batch import (ENCODED, SCORE, TAGS, check_budget, check_operating_point, check_runtime,
+                                 prob_column, score, stream)
 from serve.offline.batch.config import PredictConfig, load_predict
 
 CARRY = ("id", "path", "kind", "timestamp", "split", "label_name")
@@ -86,6 +87,7 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
     meta = json.loads((Path(model_dir) / META).read_text())
     classes = meta["classes"]
     check_operating_point(meta, cfg)
+    runtime, why = check_runtime(meta, cfg)
     init_ray(num_cpus)
     check_budget(cfg.cpus_needed(), "sift predict")
     if kind == "images":
@@ -100,11 +102,12 @@ def run(inp: str | Path, out: str | Path, cfg: PredictConfig, num_cpus: int | No
         total = pads.dataset(str(src), format="parquet").count_rows()
         ds = ray.data.read_parquet(str(src), columns=[c for c in (*CARRY, "image") if c in names],
                                    num_cpus=cfg.io_cpus)
-    print(f"[predict] {total} {kind} rows from {src}; model {name} ({version}); "
+    print(f"[predict] {total} {kind} rows from {src}; model {name} ({version}), runtime {runtime} ({why}); "
           f"actor pool {cfg.min_actors}..{cfg.max_actors}", flush=True)
     ds = score(ds, str(model_dir), source=ENCODED, batch_size=cfg.batch_size, min_actors=cfg.min_actors,
                max_actors=cfg.max_actors, actor_cpus=cfg.actor_cpus, threads=cfg.threads,
-               limits=Limits.of(load_serve()), tiles=cfg.tiles, operating_point=cfg.operating_point())
+               limits=Limits.of(load_serve()), tiles=cfg.tiles, operating_point=cfg.operating_point(),
+               runtime=cfg.runtime_kwargs())
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

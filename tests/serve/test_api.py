@@ -60,8 +60,11 @@ def test_classify_multipart_and_json_with_tiles(api, trained):
 def test_same_answer_as_the_local_model(api, trained):
     from train.artifact import SiftModel
 
-    local = SiftModel(trained["model"]).predict([_jpeg(3)])[0]
+    model = SiftModel(trained["model"])
+    local = model.predict([_jpeg(3)])[0]
     remote = api.post("/v1/classify", files=[("files", ("c.jpg", _jpeg(3)))]).json()["results"][0]
+    ready = api.get("/readyz").json()  # runtime=auto: the same engine as the local model's choice
+    assert ready["runtime"] == model.runtime != "torch" and ready["runtime_reason"].startswith("auto")
     assert remote["label"] == local["label"]
     for c, p in local["probs"].items():
         assert abs(remote["probs"][c] - p) < 1e-5
@@ -98,7 +101,10 @@ def test_bad_images_get_per_item_errors_and_the_rest_answers(api, trained, data,
 
 def test_body_too_large_is_413(server):
     deploy, _ = server
-    _, client = deploy("max_body_bytes=20000")
+    _, client = deploy("max_body_bytes=20000", "runtime=onnx-int8")
+    assert client.get("/readyz").json()["runtime"] == "onnx-int8"
+    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(1)))])
+    assert ok.status_code == 200 and abs(sum(ok.json()["results"][0]["probs"].values()) - 1) < 1e-5
     r = client.post("/v1/classify", files=[("files", ("big.jpg", _jpeg(5, size=(900, 700)) + b"\0" * 30000))])
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
     deploy()  # back to defaults
@@ -283,7 +289,8 @@ def test_openapi_documents_the_endpoints(api):
 
 def test_redeploy_with_a_new_model_drops_no_request(server, trained):
     deploy, _ = server
-    _, client = deploy(f"model=models:/sift-classifier/{trained['version']}")
+    _, client = deploy(f"model=models:/sift-classifier/{trained['version']}", "runtime=torch")
+    assert client.get("/readyz").json()["runtime"] == "torch"
     img = [("files", ("a.jpg", _jpeg(9)))]
     assert client.post("/v1/classify", files=img).json()["results"][0]["version"] == trained["version"]
     codes, stop = [], threading.Event()

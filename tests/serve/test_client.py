@@ -47,6 +47,25 @@ def test_classify_locally_prints_json_lines(folder, trained, capsys):
     assert len(ok) == 4 and all(abs(sum(l["probs"].values()) - 1) < 1e-5 for l in ok)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
+def test_classify_locally_on_each_runtime(folder, trained, capsys, runtime):
+    from train.artifact import SiftModel
+
+    assert classify_main([str(folder), "--json", "--model", trained["model"], "--set", f"runtime={runtime}"]) == 0
+    got = {l["path"]: l for l in map(json.loads, capsys.readouterr().out.splitlines()) if "label" in l}
+    assert len(got) == 4
+    ref = SiftModel(trained["model"], runtime="torch")  # one image per call, as the local client sends them
+    diffs = []
+    for path, line in got.items():
+        want = ref.predict([open(path, "rb").read()])[0]
+        diffs.append(max(abs(line["probs"][c] - want["probs"][c]) for c in want["probs"]))
+        assert abs(sum(line["probs"].values()) - 1) < 1e-5
+        if runtime != "onnx-int8":  # fp32 ONNX is the torch graph: same labels, same probabilities
+            assert line["label"] == want["label"] and diffs[-1] < 1e-4
+    if runtime == "onnx-int8":  # another graph (its agreement with fp32 is in the artifact)
+        assert max(diffs) > 1e-4
+
+
 def test_classify_a_video_locally_gives_its_timeline(trained, tmp_path, capsys):
     path = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:d=4", "-pix_fmt", "yuv420p",

@@ -126,7 +126,7 @@ def test_predict_folder_and_parquet(ray_session, trained, preprocessed, tmp_path
     (folder / "clip.mp4").write_bytes(videos[0].read_bytes())
     out = tmp_path / "pred.parquet"
     model = str(trained["model"])
-    assert main(["--input", str(folder), "--output", str(out), "--model", model, "batch_size=4"]) == 0
+    assert main(["--input", str(folder), "--output", str(out), "--model", model, "batch_size=4", "runtime=onnx"]) == 0
     t = pq.read_table(out).to_pandas()
     assert sorted(t.path) == list_files(folder)  # every input is a row
     errors = dict(zip(t.path.map(lambda p: p.rsplit("/", 1)[-1]), t.error))
@@ -138,11 +138,24 @@ def test_predict_folder_and_parquet(ray_session, trained, preprocessed, tmp_path
     assert np.allclose(probs.sum(axis=1), 1.0) and t[t.error != ""].prob_BAD.isna().all()
     assert (t.model != "").all() and (t.version == "local").all() and (ok.id.str.len() == 64).all()
     # same numbers as the API's in-process path for the same bytes
-    pred = Predictor(trained["model"])
+    pred = Predictor(trained["model"], runtime={"runtime": "onnx"})
     row = ok.iloc[0]
     ref = pred.classify([prepare_image(open(row.path, "rb").read(), LIMITS, pred.model.short_edge)])[0]
     assert ref["label"] == row.label and ref["probs"]["GOOD"] == pytest.approx(row.prob_GOOD, abs=1e-5)
 
+    # torch and INT8 through the same actors: torch equals fp32 ONNX; INT8 is another graph (the tiny
+    # random model's near-ties make it move probabilities by up to ~0.25: its agreement is recorded)
+    for runtime, tol in (("torch", 1e-4), ("onnx-int8", 1.0)):
+        other = tmp_path / f"pred-{runtime}.parquet"
+        assert main(["--input", str(folder), "--output", str(other), "--model", model, "batch_size=4",
+                     f"runtime={runtime}"]) == 0
+        o = pq.read_table(other).to_pandas().set_index("path").loc[ok.path]
+        assert np.abs(o[["prob_BAD", "prob_NEUTRAL", "prob_GOOD"]].to_numpy() - probs).max() < tol
+        if runtime == "torch":
+            assert list(o.label) == list(ok.label)
+        else:
+            q = o[["prob_BAD", "prob_NEUTRAL", "prob_GOOD"]].to_numpy()
+            assert np.allclose(q.sum(axis=1), 1.0) and np.abs(q - probs).max() > 1e-4
     out2 = tmp_path / "data.parquet"
     assert main(["--input", str(data), "--output", str(out2), "--model", model, "max_actors=1"]) == 0
     t2 = pq.read_table(out2).to_pandas()

@@ -257,7 +257,7 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
     out = tmp_path / "scan"
     args = [clips["gop25"], clips["corrupt"], "--output", str(out), clips["truncated"], "--model",
             str(trained["model"]), "--reel", CLASSES[0], "chunk_s=3", "batch_size=8", *SMALL,
-            "--export-spans", str(tmp_path / "spans.jsonl")]
+            "--export-spans", str(tmp_path / "spans.jsonl"), "runtime=onnx-int8"]
     assert main(args) == 0  # one video scanned: success, the others reported
     summary = json.loads((out / "scan.json").read_text())
     assert [v["video"] for v in summary["videos"]] == [clips["gop25"]]
@@ -268,6 +268,7 @@ def test_scan_good_corrupt_and_truncated_in_one_call(ray_session, trained, clips
 
     tl = json.loads((out / "gop25.timeline.json").read_text())
     assert tl["video"] == clips["gop25"] and tl["fps"] == 2.0 and tl["model"]["version"] == "local"
+    assert tl["model"]["runtime"] == "onnx-int8"  # the INT8 graph scored every frame
     assert np.allclose(tl["cuts"], CUTS, atol=0.25)
     ts = [f["t"] for f in tl["frames"]]
     assert ts == sorted(ts) and len(ts) == len(set(ts)) >= 19 + len(CUTS) - 1

@@ -47,6 +47,23 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     cv = s["crossfit_items"]
     assert cv["total"] >= 10 and model.meta["decision"]["crossfit"] == {"folds": 5, "items": cv}
     assert run.data.metrics["calibration_cv_n_total"] == cv["total"]
+    # the ONNX graphs travel in the artifact, measured on the val split, the numbers in MLflow too
+    rt = model.meta["runtimes"]
+    import pyarrow.dataset as pads
+
+    splits = pads.dataset(f"{run.data.params['data']}/data", format="parquet").to_table(columns=["split"])
+    n_val = splits.column("split").to_pylist().count("val")
+    for name in ("onnx", "onnx-int8"):
+        assert (model.path / rt[name]["file"]).exists() and rt[name]["n"] == n_val > 0
+        key = name.replace("-", "_")
+        assert run.data.metrics[f"export_{key}_agreement"] == pytest.approx(rt[name]["agreement"])
+        assert run.data.metrics[f"export_{key}_max_prob_diff"] == pytest.approx(rt[name]["max_prob_diff"])
+    assert rt["onnx"]["agreement"] == 1.0
+    assert model.runtime in ("onnx", "onnx-int8") and model.runtime_reason.startswith("auto")
+    from train.tracking import resolve_model
+
+    got, _, _ = resolve_model(f"models:/sift-classifier/{s['version']}")
+    assert (got / rt["onnx-int8"]["file"]).exists()
 
 
 @pytest.mark.slow

@@ -116,6 +116,15 @@ def check_operating_point(meta: dict, cfg):
         raise ConfigError(f"operating point: {exc}") from None
 
 
+def check_runtime(meta: dict, cfg) -> tuple[str, str]:
+    """(runtime, why): the engine the actors will run (``train.runtime.choose`` on the CPU), checked
+    before Ray starts; a runtime the artifact lacks is a RuntimeChoiceError."""
+    from train.runtime import choose
+
+    kw = cfg.runtime_kwargs()
+    return choose(meta.get("runtimes"), kw["runtime"], "cpu", kw["min_agreement"])
+
+
 def prob_columns(probs: np.ndarray, ok: np.ndarray, classes: list[str], decision) -> dict[str, pa.Array]:
     """(M, C) probabilities of the M ``ok`` rows (of N) -> N-long columns: ``prob_<class>`` (NaN
     where not ok), ``label`` (the operating point's class, a ``train.decision.Decision`` or plain
@@ -140,7 +149,7 @@ class Scorer:
     """``map_batches`` callable (batch_format="pyarrow"): the model is loaded once per actor."""
 
     def __init__(self, model_dir: str, source: str, limits: Limits | None = None, threads: int = 1,
-                 tiles: int = 1, operating_point: dict | None = None):
+                 tiles: int = 1, operating_point: dict | None = None, runtime: dict | None = None):
         import torch
 
         from flows.core.runtime import quiet_env
@@ -148,7 +157,7 @@ class Scorer:
 
         quiet_env()
         torch.set_num_threads(threads)
-        self.model = SiftModel(model_dir)
+        self.model = SiftModel(model_dir, workers=threads, **(runtime or {}))
         if operating_point:
             self.model.operating_point(**operating_point)
         self.source, self.limits, self.tiles = source, limits, tiles
@@ -226,15 +235,16 @@ def check_budget(need: float, what: str, wait_s: float = 10.0) -> None:
 
 def score(ds, model_dir: str, *, source: str, batch_size: int, min_actors: int, max_actors: int,
           actor_cpus: float, threads: int = 1, limits: Limits | None = None, tiles: int = 1,
-          operating_point: dict | None = None):
+          operating_point: dict | None = None, runtime: dict | None = None):
     """``ds`` (pyarrow batches with the columns :func:`prepare_batch` reads) -> scored Dataset,
     on an actor pool autoscaling between ``min_actors`` and ``max_actors``; ``operating_point``:
-    ``SiftModel.operating_point`` keywords."""
+    ``SiftModel.operating_point`` keywords; ``runtime``: its engine keywords (``RuntimeKnobs``)."""
     import ray
 
     return ds.map_batches(
         Scorer, fn_constructor_kwargs={"model_dir": str(model_dir), "source": source, "limits": limits,
-                                       "threads": threads, "tiles": tiles, "operating_point": operating_point},
+                                       "threads": threads, "tiles": tiles, "operating_point": operating_point,
+                                       "runtime": runtime},
         batch_size=batch_size, batch_format="pyarrow", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors))
 

@@ -15,12 +15,13 @@ from typing import Iterable
 
 from flows.core.config import knob, load
 from train.decision import OperatingPointKnobs
+from train.runtime import RuntimeKnobs
 
 MODEL = "models:/sift-classifier@champion"
 
 
 @dataclasses.dataclass(frozen=True)
-class ScanConfig(OperatingPointKnobs):
+class ScanConfig(OperatingPointKnobs, RuntimeKnobs):
     # sift scan: defaults. Override as key=value: `sift scan a.mp4 --output out fps=1 smooth=5`.
     model: str = MODEL  # or a local artifact dir (train's .sift/runs/RUN/model)
     tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db
@@ -69,7 +70,7 @@ class ScanConfig(OperatingPointKnobs):
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig(OperatingPointKnobs):
+class PredictConfig(OperatingPointKnobs, RuntimeKnobs):
     # sift predict: defaults. Override as key=value: `sift predict --input d --output p.parquet max_actors=3`.
     model: str = MODEL  # or a local artifact dir (train's .sift/runs/RUN/model)
     tracking_uri: str = ""  # default: $MLFLOW_TRACKING_URI or .sift/mlflow.db

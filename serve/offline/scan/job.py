@@ -37,7 +37,8 @@ from flows.core.knobs import add_knobs_flag
 from flows.media.validate import Reject, check, read_head
 from flows.media.video import VideoError, check_limits, output_size, probe
 
-from serve.offline.batch import RAW, SCORE, check_budget, check_operating_point, prob_column, score, stream
+from serve.offline.batch import (RAW, SCORE, check_budget, check_operating_point, check_runtime, prob_column, score,
+                                 stream)
 from serve.offline.batch.config import ScanConfig, load_scan
 from serve.offline.scan.decode import decode_task
 from serve.offline.scan.plan import keyframe_times, lead_for, plan_chunks
@@ -94,12 +95,13 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
     meta = json.loads((Path(model_dir) / META).read_text())
     classes = meta["classes"]
     decision = check_operating_point(meta, cfg)
+    runtime, why = check_runtime(meta, cfg)
     if reel is not None and reel not in classes:
         raise ConfigError(f"--reel {reel!r} is not one of the model's classes {classes}")
     init_ray(num_cpus)
     check_budget(cfg.cpus_needed(), "sift scan")
     out.mkdir(parents=True, exist_ok=True)
-    model = {"name": name, "version": version, "uri": cfg.model}
+    model = {"name": name, "version": version, "uri": cfg.model, "runtime": runtime}
     plans, items, errors = {}, [], []
     for i, path in enumerate(videos):
         try:
@@ -108,7 +110,7 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
         except (Reject, VideoError) as exc:
             errors.append(_fail(str(path), exc.reason, exc.detail))
     print(f"[scan] {len(plans)} of {len(videos)} videos readable, {len(items)} chunks; "
-          f"model {name} ({version}); actor pool {cfg.min_actors}..{cfg.max_actors}", flush=True)
+          f"model {name} ({version}), runtime {runtime} ({why}); actor pool {cfg.min_actors}..{cfg.max_actors}", flush=True)
 
     rows: dict[int, list[pa.Table]] = {i: [] for i in plans}
     if items:
@@ -117,7 +119,7 @@ def run(videos: list[str], out: str | Path, cfg: ScanConfig, reel: str | None = 
                             num_cpus=cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=cfg.decoders))
         ds = score(ds, str(model_dir), source=RAW, batch_size=cfg.batch_size, min_actors=cfg.min_actors,
                    max_actors=cfg.max_actors, actor_cpus=cfg.actor_cpus, threads=cfg.threads,
-                   operating_point=cfg.operating_point())
+                   operating_point=cfg.operating_point(), runtime=cfg.runtime_kwargs())
         total = sum(math.ceil((it["end"] - it["start"]) * cfg.fps) for it in items)
         for batch in stream(ds, "scan", total=total):
             for v in set(batch.column("video").to_pylist()):

@@ -1,0 +1,162 @@
+"""Export an artifact's classifier to ONNX, quantise it, and measure both against the torch weights.
+
+    ARTIFACT/onnx/model.onnx        pixels (N,3,S,S), face (N,F) -> logits (N,C) [, score (N,)] [, tags (N,T)]
+    ARTIFACT/onnx/model.int8.onnx   the same graph, MatMul/Gemm weights in INT8 (dynamic quantisation:
+                                    activations are quantised per batch at run time, no calibration set)
+
+The graph is the whole forward pass after preprocessing (backbone, colour statistics, head), so every
+runtime gets the same inputs from ``SiftModel.model_inputs``. The agreement is measured on labelled
+validation items prepared exactly as serving prepares them, through the artifact's own decision
+rule: label agreement with torch fp32, the largest calibrated-probability difference, and each
+runtime's macro-F1 on the clean ones, in batches of the serving size (dynamic quantisation scales
+activations per batch, so an item's INT8 output moves a little with its batch-mates). It is recorded in ``sift_model.json`` (``runtimes``), where
+``runtime=auto`` reads it.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+OPSET = 17
+FP32, INT8 = "onnx/model.onnx", "onnx/model.int8.onnx"
+
+
+class _Graph(nn.Module):
+    """Classifier -> a tuple of tensors (what ONNX export takes): logits [, score] [, tags]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, face: torch.Tensor | None = None):
+        o = self.model(pixels=pixels, face=face)
+        return tuple(t for t in (o.logits, o.score, o.tags) if t is not None)
+
+
+def export_graph(model: nn.Module, path: Path, crop: int) -> dict:
+    """Write ``model`` (a ``train.model.Classifier``) as an ONNX graph with a dynamic batch axis.
+
+    Traced on a random batch of 2 in eval mode (the exporter's TorchScript path: the ops of every
+    supported backbone map to ONNX opset 17); the model's train/eval mode is restored after."""
+    was_training = model.training
+    graph = _Graph(model).eval()
+    n_face = int(model.n_face)
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(2, 3, crop, crop, generator=g),)
+    inputs = ["pixels"]
+    if n_face:
+        args += (torch.randn(2, n_face, generator=g),)
+        inputs.append("face")
+    with torch.no_grad():
+        o = model(pixels=args[0], face=args[1] if n_face else None)
+    outputs = ["logits"] + (["score"] if o.score is not None else []) + (["tags"] if o.tags is not None else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the tracer's notes on Python control flow in HF code are not ours
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={k: {0: "n"} for k in inputs + outputs}, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+    model.train(was_training)
+    return {"file": str(path), "inputs": inputs, "outputs": outputs, "opset": OPSET}
+
+
+def quantize(src: Path, dst: Path) -> None:
+    """Dynamic INT8 (QInt8 weights) of the MatMul/Gemm ops: what carries a ViT's and a head's cost."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph first, every time
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def compare(ref_probs: np.ndarray, probs: np.ndarray, ref_labels: np.ndarray, labels: np.ndarray) -> dict:
+    """How far a runtime's calibrated probs (N, C) and labels (N,) are from the reference's:
+    {agreement: share of equal labels, max_prob_diff: max |p - p_ref| over items and classes, n}."""
+    if len(ref_labels) == 0:
+        return {"agreement": None, "max_prob_diff": None, "n": 0}
+    return {"agreement": float(np.mean(labels == ref_labels)),
+            "max_prob_diff": float(np.abs(probs - ref_probs).max()), "n": int(len(labels))}
+
+
+def _batched(fn, x: torch.Tensor, face: torch.Tensor, batch: int) -> np.ndarray:
+    return np.concatenate([fn(x[i:i + batch], face[i:i + batch]) for i in range(0, len(x), batch)]) \
+        if len(x) else np.zeros((0,), np.float32)
+
+
+def export_artifact(path: str | Path, images: list[bytes], labels: np.ndarray, clean: np.ndarray | None = None,
+                    batch: int = 32, log=print) -> dict:
+    """Add ``onnx/`` to the artifact at ``path`` and record the runtimes in its sift_model.json.
+
+    ``images``: encoded validation images, ``labels`` (N,) their class indices (-1: none),
+    ``clean`` (N,) bool: which labels are trustworthy (default all), for the macro-F1 of each runtime.
+    Returns the ``runtimes`` record. An export or quantisation that fails is recorded as
+    ``{"error": ...}`` for that runtime (auto then keeps torch or fp32) instead of failing the run."""
+    from ..artifact import META, SiftModel
+    from ..metrics import evaluate
+    from .session import OrtGraph
+
+    path = Path(path)
+    sm = SiftModel(path, runtime="torch")
+    labels = np.asarray(labels, dtype=np.int64)
+    clean = np.ones(len(labels), bool) if clean is None else np.asarray(clean, bool)
+    x, face = sm.model_inputs([sm.prepare(b) for b in images]) if images else (
+        torch.zeros(0, 3, sm.preproc.crop, sm.preproc.crop), torch.zeros(0, sm.meta["n_face"]))
+    ref_logits = _batched(lambda a, f: sm.forward(a, f).logits.numpy(), x, face, batch)
+    ref_p = sm.probs(ref_logits) if len(x) else ref_logits
+    ref_y = sm.decide(ref_p)[0] if len(x) else np.zeros(0, np.int64)
+    keep = clean & (labels >= 0)
+
+    def quality(p: np.ndarray) -> dict:
+        if not keep.any():
+            return {}
+        m = evaluate(p[keep], labels[keep], sm.classes, thresholds=sm.decision)
+        return {"val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"], "val_items": int(keep.sum())}
+
+    record: dict = {"torch": {"runtime": "torch fp32", **quality(ref_p)}}
+    threads = max(1, torch.get_num_threads())
+    for name, rel in (("onnx", FP32), ("onnx-int8", INT8)):
+        t0 = time.perf_counter()
+        try:
+            if name == "onnx":
+                export_graph(sm.model, path / rel, sm.preproc.crop)
+            else:
+                quantize(path / FP32, path / rel)
+            g = OrtGraph(path / rel, threads=threads)
+            logits = _batched(lambda a, f: g(a.numpy(), f.numpy())["logits"], x, face, batch)
+        except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure: record it, keep the run
+            record[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            log(f"[export] {name} failed: {record[name]['error']}")
+            continue
+        p = sm.probs(logits) if len(x) else logits
+        y = sm.decide(p)[0] if len(x) else ref_y
+        record[name] = {"file": rel, "bytes": (path / rel).stat().st_size, "opset": OPSET,
+                        **compare(ref_p, p, ref_y, y), **quality(p), "seconds": round(time.perf_counter() - t0, 2)}
+        r = record[name]
+        agree = f"label agreement {r['agreement']:.2%}, max prob diff {r['max_prob_diff']:.2g}" if r["n"] else \
+            "no validation items to measure it on"
+        log(f"[export] {name}: {r['bytes'] / 1e6:.1f} MB, {agree} ({r['n']} val items)")
+    meta = json.loads((path / META).read_text())
+    meta["runtimes"] = record
+    (path / META).write_text(json.dumps(meta, indent=2, default=float))
+    return record
+
+
+def flat_metrics(record: dict) -> dict[str, float]:
+    """The runtimes record as MLflow metrics: export_<runtime>_<key> for every number in it."""
+    out = {}
+    for name, rec in record.items():
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k != "opset":
+                out[f"export_{name.replace('-', '_')}_{k}"] = float(v)
+    return out
