@@ -81,10 +81,12 @@ def main(argv=None) -> int:
     cfg = load_serve(None, [f"model={args.model}", f"port={free_port(args.port)}"])
     start(cfg)
     url = f"http://{cfg.host}:{cfg.port}"
-    print(f"API up at {url}; classifying {len(items)} held-out images over HTTP", flush=True)
     hits, totals = collections.Counter(), collections.Counter()
     try:
         with httpx.Client(base_url=url, timeout=300) as http:
+            ready = http.get("/readyz").json()
+            print(f"API up at {url} (runtime {ready.get('runtime')}: {ready.get('runtime_reason')}); "
+                  f"classifying {len(items)} held-out images over HTTP", flush=True)
             for i in range(0, len(items), 8):
                 chunk = items[i:i + 8]
                 files = [("files", (Path(p).name, Path(p).read_bytes())) for p, _ in chunk]
