@@ -27,14 +27,22 @@ class Embedder:
     """``map_batches`` callable: stored JPEGs -> face features (B,F) + embeddings (B,V,D)."""
 
     def __init__(self, backbone_dir: str, preproc: dict, views: int, faces: dict | None, seed: int,
-                 threads: int = 1, aug: dict | None = None, stats: bool = False):
+                 threads: int = 1, aug: dict | None = None, stats: bool = False, graph: str | None = None):
+        """``graph``: an exported embedding function (``train.runtime.export.export_embedder``) to run
+        on ONNX Runtime instead of the torch backbone."""
         from .colour import ColourStats
         from .model import load_backbone
 
         torch.set_num_threads(threads)
-        self.model, _ = load_backbone(backbone_dir)
-        self.model.eval()
         self.p = Preproc.from_dict(preproc)
+        self.graph = None
+        if graph:
+            from .runtime.session import OrtGraph
+
+            self.graph = OrtGraph(graph, threads=threads)
+        else:
+            self.model, _ = load_backbone(backbone_dir)
+            self.model.eval()
         self.stats = ColourStats(self.p.mean, self.p.std) if stats else None
         self.views, self.seed, self.aug = views, seed, dict(aug or {})
         self.detector = None
@@ -56,7 +64,10 @@ class Embedder:
                                     for i, g in enumerate(gens)]))
         out = []
         for v in views:
-            out.append(embed(self.model, normalize(v, self.p), self.stats))
+            if self.graph is not None:  # the same function, exported (colour statistics included)
+                out.append(torch.from_numpy(self.graph(normalize(v, self.p).numpy())["emb"]))
+            else:
+                out.append(embed(self.model, normalize(v, self.p), self.stats))
         return torch.stack(out, dim=1).numpy().astype(np.float32)
 
     def __call__(self, batch: dict) -> dict:
@@ -74,12 +85,34 @@ class Embedder:
         return out
 
 
+def _graph_for(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, stats: bool,
+               runtime: str) -> str | None:
+    """The exported embedding graph for ``runtime`` (None: torch), measured on up to 64 of the data's
+    images (view 0, as cached)."""
+    if runtime == "torch":
+        return None
+    import pyarrow.dataset as pads
+
+    from .colour import ColourStats
+    from .model import load_backbone
+    from .runtime.export import export_embedder
+
+    rows = pads.dataset(str(Path(data_dir) / "data"), format="parquet").head(64, columns=["image"])
+    squares = [decode(b, preproc.size, preproc.fit) for b in rows.column("image").to_pylist()]
+    sample = normalize(center_crop(to_uint8_batch(squares), preproc.crop), preproc)
+    backbone, _ = load_backbone(backbone_dir)
+    colour = ColourStats(preproc.mean, preproc.std) if stats else None
+    chosen, path, _ = export_embedder(backbone.eval(), colour, sample, out.with_name(out.name + ".onnx"), runtime)
+    print(f"[cache] embedding with {chosen}", flush=True)
+    return str(path) if path else None
+
+
 def _seed_of(item_id: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{item_id}|{seed}".encode()).digest()[:7], "big")
 
 
 def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, faces: dict | None,
-              seed: int, aug: dict | None = None, stats: bool = False) -> str:
+              seed: int, aug: dict | None = None, stats: bool = False, runtime: str = "torch") -> str:
     """Identifies a cache: the data (its manifest), the backbone, preprocessing, views, detector,
     the statistics branch."""
     manifest = Path(data_dir) / "manifest.json"
@@ -95,14 +128,19 @@ def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, f
     parts = [data_id, bb_id, backbone_dir, preproc.to_dict(), views, faces, seed, aug or {}, "v2"]
     if stats:  # appended only when on, so caches built without the branch keep their keys
         parts.append("colour-stats")
+    if runtime != "torch":  # other embeddings (INT8 ones differ slightly): another cache
+        parts.append(f"runtime-{runtime}")
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, views: int,
                 faces: dict | None, seed: int, actors: int = 1, actor_cpus: float = 1.0,
-                io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None, stats: bool = False) -> Path:
-    """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker)."""
+                io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None, stats: bool = False,
+                runtime: str = "torch") -> Path:
+    """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker).
+    ``runtime``: the actors' engine (``cache_runtime``: torch, or the embedding function exported to
+    ONNX fp32 / INT8, auto choosing by measured cosine, see ``export_embedder``)."""
     import ray
 
     if (out / "_SUCCESS").exists():
@@ -120,8 +158,9 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
     # data and seed would give different batches (and metrics) after every re-preprocess.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ds.sort("id")
+    graph = _graph_for(data_dir, out, backbone_dir, preproc, stats, runtime)
     ds = ds.map_batches(
-        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug, stats),
+        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug, stats, graph),
         batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

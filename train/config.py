@@ -138,6 +138,10 @@ class TrainConfig:
     cpus_per_worker: float = knob(1.0, lo=0.1, hi=256)
     use_gpu: str = knob("auto", choices=("auto", "true", "false"))
     cache_actors: int = knob(1, lo=1, hi=1024)
+    # the embedding cache's engine: torch (exact), or the frozen backbone exported to ONNX Runtime
+    # (fp32, INT8; auto takes INT8 when its embeddings' cosine to torch is >= 0.999 on a sample)
+    cache_runtime: str = knob("torch", choices=("auto", "torch", "onnx", "onnx-int8"),
+                              help="engine of the embedding cache's actors (train/runtime); torch is exact")
     max_failures: int = knob(2, lo=0)
     # MLflow
     experiment: str = "sift"

@@ -148,9 +148,10 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     init_ray(num_cpus)
     faces = face_spec(cfg)
     n_face = len(feature_names(tuple(cfg.face_extra_classes))) if faces else 0
-    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug, cfg.colour_stats)
+    key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug, cfg.colour_stats,
+                    cfg.cache_runtime)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
-                        actors=cfg.cache_actors, aug=aug, stats=cfg.colour_stats)
+                        actors=cfg.cache_actors, aug=aug, stats=cfg.colour_stats, runtime=cfg.cache_runtime)
     if cache_only:
         return {"cache": str(cache)}
     meta = pads.dataset(str(cache), format="parquet").to_table(

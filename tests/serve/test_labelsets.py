@@ -184,15 +184,16 @@ def test_score_and_tag_heads_learn_the_manifest_and_reach_the_clients(tmp_path, 
     model = str(sift_home / "runs" / "bright-run" / "model")
     probe = tmp_path / "probe"
     probe.mkdir()
-    for k in (0.2, 0.5, 1.0):
+    for name, k, tags in (("dim", 0.2, []), ("mid", 0.5, []), ("bright", 1.0, []), ("bright-bar", 1.0, ["bar"])):
         img = Image.eval(_picture(0.1, np.random.default_rng(1)), lambda v, k=k: int(v * k))
-        _marks(img, ["bar"] if k == 1.0 else []).save(probe / f"{k}.jpg")
+        _marks(img, tags).save(probe / f"{name}.jpg")
     capsys.readouterr()
     assert classify_main(["--model", model, "--json", str(probe)]) == 0
     rows = {json.loads(x)["path"]: json.loads(x) for x in capsys.readouterr().out.splitlines()}
-    dim, mid, bright = (rows[str(probe / f"{k}.jpg")] for k in (0.2, 0.5, 1.0))
+    dim, mid, bright, bar = (rows[str(probe / f"{n}.jpg")] for n in ("dim", "mid", "bright", "bright-bar"))
     assert dim["score"] < bright["score"] and 0 <= dim["score"] and bright["score"] <= 12, rows
-    assert set(bright["tag_probs"]) == {"bar", "frame"} and bright["tag_probs"]["bar"] > dim["tag_probs"]["bar"]
+    # the same picture with and without the bar mark: the mark is what raises P(bar)
+    assert set(bar["tag_probs"]) == {"bar", "frame"} and bar["tag_probs"]["bar"] > bright["tag_probs"]["bar"], rows
     assert all(set(r["tags"]) <= {"bar", "frame"} for r in rows.values())
     assert score_folder_main([str(probe), "--score", "--model", model, "--min", "0", "--max", "100"]) == 0
-    assert "3 of 3 files with score in" in capsys.readouterr().out
+    assert "4 of 4 files with score in" in capsys.readouterr().out

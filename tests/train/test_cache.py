@@ -35,3 +35,35 @@ def test_views_do_not_depend_on_the_batch_an_item_lands_in(tmp_path):
     other = Embedder(d, preproc.to_dict(), views=3, faces=None, seed=8, aug=aug)(batch)["emb"]
     np.testing.assert_allclose(other[:, 0], whole[:, 0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(other[:, 1], whole[:, 1])
+
+
+def test_onnx_embedder_gives_the_torch_embeddings_and_auto_measures_int8(tmp_path):
+    import pytest
+
+    from train.colour import ColourStats
+    from train.runtime import RuntimeChoiceError
+    from train.runtime.export import export_embedder
+    from train.transforms import center_crop, decode, normalize, to_uint8_batch
+
+    d = resolve_backbone("tiny", tmp_path)
+    backbone, preproc = load_backbone(d)
+    images = [_jpeg(i) for i in range(6)]
+    sample = normalize(center_crop(to_uint8_batch([decode(b, preproc.size) for b in images]), preproc.crop), preproc)
+    stats = ColourStats(preproc.mean, preproc.std)
+    logs = []
+    runtime, path, record = export_embedder(backbone.eval(), stats, sample, tmp_path / "g", "onnx", log=logs.append)
+    assert runtime == "onnx" and path.name == "embed.onnx" and record["onnx"]["min_cosine"] > 0.99999
+    aug = augment_kwargs(0.5, 0.3, 0.2, hue=0.5, invert=0.5)
+    batch = {"id": np.array([f"i{i}" for i in range(6)]), "image": np.array(images, dtype=object)}
+    ref = Embedder(d, preproc.to_dict(), views=2, faces=None, seed=1, aug=aug, stats=True)(batch)["emb"]
+    got = Embedder(d, preproc.to_dict(), views=2, faces=None, seed=1, aug=aug, stats=True, graph=str(path))(batch)["emb"]
+    np.testing.assert_allclose(got, ref, atol=1e-4)  # every view, colour statistics included
+    # auto: INT8 only when its smallest cosine to torch reaches the bar
+    chosen, p8, rec = export_embedder(backbone, stats, sample, tmp_path / "a", "auto", min_cosine=0.0, log=logs.append)
+    assert chosen == "onnx-int8" and p8.name == "embed.int8.onnx" and rec["onnx-int8"]["n"] == 6
+    chosen, p32, _ = export_embedder(backbone, stats, sample, tmp_path / "b", "auto", min_cosine=1.5, log=logs.append)
+    assert chosen == "onnx" and p32.name == "embed.onnx"
+    assert export_embedder(backbone, stats, sample, tmp_path / "c", "torch")[:2] == ("torch", None)
+    with pytest.raises(RuntimeChoiceError):
+        export_embedder(backbone, stats, sample, tmp_path / "d", "tensorrt")
+    assert any("min cosine" in line for line in logs)

@@ -89,9 +89,11 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(preprocessed, sift_home,
 
     _, data, _ = preprocessed
     monkeypatch.setenv("SIFT_FAIL_AFTER_EPOCH", "1")
+    # the embedding cache on ONNX Runtime INT8 (another cache than the session's torch one)
     cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=2", "steps_per_epoch=2", "frozen_steps=-1",
-                                                "run_name=resume-run", "max_failures=1"])
+                                                "run_name=resume-run", "max_failures=1", "cache_runtime=onnx-int8"])
     summary = run(cfg, data)
+    assert list((sift_home / "cache").glob("*.onnx/embed.int8.onnx"))
     assert (sift_home / "runs" / "resume-run" / "injected_failure").read_text() == "1"
     client = use().MlflowClient()
     epochs = [m.value for m in client.get_metric_history(summary["run_id"], "epoch")]

@@ -160,3 +160,70 @@ def flat_metrics(record: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k != "opset":
                 out[f"export_{name.replace('-', '_')}_{k}"] = float(v)
     return out
+
+
+# -- the embedding cache: the frozen backbone's embedding function alone -----------------------
+
+MIN_COSINE = 0.999  # auto embeds the cache with INT8 when every sampled embedding is this close to fp32
+
+
+class _Embed(nn.Module):
+    """``train.model.embed`` as a module: pixels (N,3,S,S) -> [L2-normalised features ; colour stats]."""
+
+    def __init__(self, backbone: nn.Module, stats: nn.Module | None):
+        super().__init__()
+        self.backbone, self.stats = backbone, stats
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        from ..model import embed
+
+        return embed(self.backbone, pixels, self.stats)
+
+
+def export_embedder(backbone: nn.Module, stats: nn.Module | None, sample: torch.Tensor, out_dir: Path,
+                    runtime: str = "auto", min_cosine: float = MIN_COSINE, log=print) -> tuple[str, Path | None, dict]:
+    """The engine of the embedding cache's actors: (runtime, graph file or None for torch, record).
+
+    ``sample``: normalised pixels (K,3,S,S) of the data being cached. For an ONNX runtime the
+    embedding function is exported to ``out_dir`` (fp32, and INT8 for onnx-int8 or auto) and its
+    cosine to torch measured on ``sample``; auto takes INT8 when the smallest cosine reaches
+    ``min_cosine``, else fp32 ONNX (cosine 1 up to float error). Any export failure under auto keeps
+    torch (recorded); an explicit ONNX runtime that cannot be exported raises."""
+    from . import RUNTIMES, RuntimeChoiceError
+    from .session import OrtGraph
+
+    if runtime not in RUNTIMES:
+        raise RuntimeChoiceError(f"cache_runtime={runtime!r}: choose one of {list(RUNTIMES)}")
+    if runtime == "torch":
+        return "torch", None, {"runtime": "torch"}
+    module = _Embed(backbone, stats).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = out_dir / "embed.onnx", out_dir / "embed.int8.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (sample[:2],), str(fp32), input_names=["pixels"], output_names=["emb"],
+                              dynamic_axes={"pixels": {0: "n"}, "emb": {0: "n"}}, opset_version=OPSET,
+                              do_constant_folding=True, dynamo=False)
+        with torch.no_grad():
+            ref = module(sample).numpy()
+        record: dict = {}
+        for name, path in (("onnx", fp32), ("onnx-int8", int8)):
+            if name == "onnx-int8":
+                if runtime == "onnx":
+                    break
+                quantize(fp32, int8)
+            got = OrtGraph(path, threads=max(1, torch.get_num_threads()))(sample.numpy())["emb"]
+            cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+            record[name] = {"min_cosine": float(cos.min()), "n": int(len(cos))}
+            log(f"[cache] {name} embeddings: min cosine to torch {cos.min():.5f} over {len(cos)} images")
+    except Exception as exc:  # noqa: BLE001 - the exporter or ORT refused this backbone
+        if runtime != "auto":
+            raise RuntimeChoiceError(f"cache_runtime={runtime}: the backbone did not export to ONNX "
+                                     f"({type(exc).__name__}: {exc})"[:500]) from None
+        log(f"[cache] ONNX export failed ({type(exc).__name__}: {exc}); embedding with torch")
+        return "torch", None, {"runtime": "torch", "error": str(exc)[:500]}
+    if runtime == "auto":
+        runtime = "onnx-int8" if record["onnx-int8"]["min_cosine"] >= min_cosine else "onnx"
+    record["runtime"] = runtime
+    return runtime, (int8 if runtime == "onnx-int8" else fp32), record
