@@ -131,7 +131,7 @@ class TrainConfig:
     # with their label agreement with torch measured on up to export_items validation items
     export_onnx: bool = knob(True, help="write onnx/model.onnx and its INT8 twin into the artifact "
                              "(runtime=auto serves INT8 on a CPU when its agreement passes)")
-    export_items: int = knob(1000, lo=0, hi=1_000_000, help="validation items the export's agreement is measured on")
+    export_items: int = knob(256, lo=0, hi=1_000_000, help="validation items the export's agreement is measured on")
     # Ray
     # Ray Train
     num_workers: int = knob(1, lo=1, hi=4096)

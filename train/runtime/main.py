@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sift export", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a local artifact dir, or models:/NAME@ALIAS | models:/NAME/VERSION")
     ap.add_argument("--data", help="`sift preprocess` output to measure agreement on (default: the run's data)")
-    ap.add_argument("--items", type=int, default=1000, help="validation items to measure agreement on")
+    ap.add_argument("--items", type=int, default=256, help="validation items to measure agreement on")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or .sift/mlflow.db)")
     args = ap.parse_args(argv)
     from .. import tracking
