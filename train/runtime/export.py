@@ -9,8 +9,8 @@ runtime gets the same inputs from ``SiftModel.model_inputs``. The agreement is m
 validation items prepared exactly as serving prepares them, through the artifact's own decision
 rule: label agreement with torch fp32, the largest calibrated-probability difference, and each
 runtime's macro-F1 on the clean ones, in batches of the serving size (dynamic quantisation scales
-activations per batch, so an item's INT8 output moves a little with its batch-mates). It is recorded in ``sift_model.json`` (``runtimes``), where
-``runtime=auto`` reads it.
+activations per batch, so an item's INT8 output moves a little with its batch-mates). It is recorded
+in ``sift_model.json`` (``runtimes``), where ``runtime=auto`` reads it.
 """
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ class _Graph(nn.Module):
         return tuple(t for t in (o.logits, o.score, o.tags) if t is not None)
 
 
+def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """The one export call: TorchScript tracing at ``OPSET``, a dynamic batch axis on every tensor."""
+    with warnings.catch_warnings():  # the tracer's notes on Python control flow in HF code are not ours
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={k: {0: "n"} for k in inputs + outputs}, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+
+
 def export_graph(model: nn.Module, path: Path, crop: int) -> dict:
     """Write ``model`` (a ``train.model.Classifier``) as an ONNX graph with a dynamic batch axis.
 
@@ -57,11 +66,7 @@ def export_graph(model: nn.Module, path: Path, crop: int) -> dict:
         o = model(pixels=args[0], face=args[1] if n_face else None)
     outputs = ["logits"] + (["score"] if o.score is not None else []) + (["tags"] if o.tags is not None else [])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the tracer's notes on Python control flow in HF code are not ours
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes={k: {0: "n"} for k in inputs + outputs}, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
+    _onnx_export(graph, args, path, inputs, outputs)
     model.train(was_training)
     return {"file": str(path), "inputs": inputs, "outputs": outputs, "opset": OPSET}
 
@@ -157,7 +162,7 @@ def flat_metrics(record: dict) -> dict[str, float]:
     out = {}
     for name, rec in record.items():
         for k, v in rec.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k != "opset":
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "opset":
                 out[f"export_{name.replace('-', '_')}_{k}"] = float(v)
     return out
 
@@ -200,11 +205,7 @@ def export_embedder(backbone: nn.Module, stats: nn.Module | None, sample: torch.
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out_dir / "embed.onnx", out_dir / "embed.int8.onnx"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (sample[:2],), str(fp32), input_names=["pixels"], output_names=["emb"],
-                              dynamic_axes={"pixels": {0: "n"}, "emb": {0: "n"}}, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+        _onnx_export(module, (sample[:2],), fp32, ["pixels"], ["emb"])
         with torch.no_grad():
             ref = module(sample).numpy()
         record: dict = {}

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         with tracking.promotion_lock(tracking.tracking_uri(args.tracking_uri), name), \
                 mlflow.start_run(run_id=old.run_id):
             mlflow.log_metrics(flat_metrics(record))
-            new = tracking.log_and_register(mlflow, art, name, meta["classes"], images[0] if images else _any_jpeg(art),
+            new = tracking.log_and_register(mlflow, art, name, meta["classes"], images[0] if images else _grey_jpeg(),
                                             alias=None)
             client.set_model_version_tag(name, new, "exported_from", str(old.version))
             moved = list(old.aliases or [])
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _any_jpeg(art: Path) -> bytes:
+def _grey_jpeg() -> bytes:
     """An input example when there are no val items: a grey JPEG."""
     import io
 
