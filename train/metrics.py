@@ -1,4 +1,4 @@
-"""Evaluation metrics for the sift classifier, in plain numpy.
+"""Evaluation metrics for the sift classifier: scikit-learn's counts and ratios, sift's decision rule.
 
 Conventions: ``probs`` (N, C) float, rows sum to 1; ``y`` (N,) int true labels in 0..C-1; ``pred`` (N,)
 int predicted labels; ``classes`` the C class names; ``cm`` a (C, C) confusion matrix, rows = true,
@@ -9,6 +9,11 @@ GOOD item predicted BAD: the user loses good content), the key operating point i
 at negative->positive rate <= x": flag an item when its score is >= t, and keep the t that flags the
 most true positives while flagging at most a fraction x of the true negatives. The class names are
 parameters, and the worst mistake is optional, so any label set works.
+
+The standard metrics (confusion matrix, precision/recall/F1, PR curves, average precision) come from
+``sklearn.metrics``, always with ``labels=`` given, so a class with no items still has its row, and
+``zero_division=0``, so an undefined ratio is 0, never NaN. The operating-point sweep
+(:func:`threshold_interval`), calibration error and the serving rule are sift's own.
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ import re
 from typing import Sequence
 
 import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
 
 from .decision import Decision
 
@@ -29,18 +40,25 @@ def confusion(y, pred, C: int) -> np.ndarray:
     if y.shape != pred.shape:
         raise ValueError(f"y and pred differ in length: {y.shape[0]} vs {pred.shape[0]}")
     if y.size and (min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= C):
-        raise ValueError(f"labels must lie in 0..{C - 1}")
-    return np.bincount(y * C + pred, minlength=C * C).reshape(C, C)
+        raise ValueError(f"labels must lie in 0..{C - 1}")  # sklearn would silently drop them
+    if not y.size:  # sklearn refuses empty input; no items is an all-zero matrix
+        return np.zeros((C, C), np.int64)
+    return confusion_matrix(y, pred, labels=np.arange(C)).astype(np.int64)
 
 
-def _prf(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class precision, recall, F1, support; 0 where a ratio is 0/0 (sklearn's zero_division=0)."""
+def _prf(cm) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1, support, each (C,), of a (C, C) confusion matrix; 0 where a
+    ratio is 0/0. sklearn reads (true, predicted) pairs: each of the C*C cells is one pair weighted by
+    its count, which gives the same sums as the N items without rebuilding them."""
     cm = np.asarray(cm, dtype=np.float64)
-    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-    precision, recall = div(tp, predicted), div(tp, support)
-    f1 = div(2 * precision * recall, precision + recall)
-    return precision, recall, f1, support
+    C = len(cm)
+    if not C or not cm.sum():  # sklearn needs at least one item; with none every ratio is 0
+        zero = np.zeros(C)
+        return zero, zero.copy(), zero.copy(), cm.sum(axis=1)
+    true, pred = np.divmod(np.arange(C * C), C)
+    p, r, f, _ = precision_recall_fscore_support(true, pred, labels=np.arange(C), sample_weight=cm.ravel(),
+                                                 zero_division=0)
+    return p, r, f, cm.sum(axis=1)
 
 
 def per_class_prf(cm, classes: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -103,22 +121,24 @@ def recall_at_fpr(probs, y, pos_idx: int, neg_idx: int, max_rate: float) -> tupl
 def pr_curve(scores, is_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PR curve (precision, recall, thresholds), each (K,) over the K distinct scores, decreasing.
 
-    Point k flags scores >= thresholds[k]. Empty arrays when there is no positive item.
+    Point k flags scores >= thresholds[k] (ties flagged together). Empty arrays when there is no
+    positive item. sklearn's curve, highest threshold first, without the (recall 0, precision 1) end
+    point it appends.
     """
     scores, is_pos = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(is_pos, dtype=bool).ravel()
     if not is_pos.any():
         return np.empty(0), np.empty(0), np.empty(0)
-    order = np.argsort(-scores, kind="stable")
-    s, pos = scores[order], is_pos[order]
-    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # ties flagged together
-    tp = np.cumsum(pos)[ends]
-    return tp / (ends + 1), tp / pos.sum(), s[ends]
+    precision, recall, thresholds = precision_recall_curve(is_pos.astype(np.int8), scores, pos_label=1)
+    return precision[-2::-1], recall[-2::-1], thresholds[::-1]
 
 
 def average_precision(scores, is_pos) -> float:
-    """AP = sum_k (R_k - R_{k-1}) P_k over the ``pr_curve`` points (as sklearn); NaN without positives."""
-    precision, recall, _ = pr_curve(scores, is_pos)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if recall.size else math.nan
+    """AP = sum_k (R_k - R_{k-1}) P_k over the ``pr_curve`` points (sklearn's
+    ``average_precision_score``); NaN without positives."""
+    scores, is_pos = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(is_pos, dtype=bool).ravel()
+    if not is_pos.any():
+        return math.nan
+    return float(average_precision_score(is_pos.astype(np.int8), scores, pos_label=1))
 
 
 def reliability_bins(probs, y, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,6 +174,15 @@ def predict_with_thresholds(probs, thresholds) -> np.ndarray:
     return Decision.of(thresholds).predict(probs)
 
 
+def _binary_f1(is_pos: np.ndarray, flagged: np.ndarray) -> float:
+    """F1 of the positive side of (N,) bools; 0 when it is 0/0 (no positives, none flagged, or N == 0).
+    ``labels=[1]``: the positive class's score whatever values the column holds (all False included)."""
+    if not is_pos.size:  # sklearn refuses empty input
+        return 0.0
+    return float(precision_recall_fscore_support(is_pos.astype(np.int8), flagged.astype(np.int8), labels=[1],
+                                                 average=None, zero_division=0)[2][0])
+
+
 def tag_metrics(probs, targets, thresholds: Sequence[float], tags: Sequence[str]) -> dict[str, float]:
     """Multi-label metrics over annotated items: per tag f1 and ap (``tag_f1_<t>``, ``tag_ap_<t>``),
     their means ``tag_macro_f1`` / ``tag_map``, and ``tag_n`` items. probs, targets (N, T)."""
@@ -162,9 +191,7 @@ def tag_metrics(probs, targets, thresholds: Sequence[float], tags: Sequence[str]
     out: dict[str, float] = {"tag_n": float(len(probs))}
     f1s, aps = [], []
     for j, t in enumerate(tags):
-        tp = float((pred[:, j] & targets[:, j]).sum())
-        den = float(pred[:, j].sum() + targets[:, j].sum())
-        f1 = 2 * tp / den if den else 0.0
+        f1 = _binary_f1(targets[:, j], pred[:, j])
         ap = average_precision(probs[:, j], targets[:, j])
         out[f"tag_f1_{metric_name(t)}"], out[f"tag_ap_{metric_name(t)}"] = f1, ap
         f1s.append(f1)

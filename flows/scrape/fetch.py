@@ -11,8 +11,9 @@ A page decides which URLs we fetch, so each request is treated as hostile:
   cannot change between the check and the connect;
 - redirects are followed by hand, each hop checked again (scheme, address, robots), at most
   ``max_redirects``;
-- robots.txt is honoured per origin (RFC 9309: 4xx means allow all, 5xx or unreachable disallow
-  all), cached, fetched through the same guard;
+- robots.txt is honoured per origin (RFC 9309, parsed by Protego: ``*`` wildcards, ``$`` end anchors,
+  the longest matching rule wins; 4xx means allow all, 5xx or unreachable disallow all), cached,
+  fetched through the same guard;
 - at most ``max_bytes`` are read (Content-Length first, then counted while streaming), and the
   first bytes must sniff as media (:func:`flows.media.validate.sniff`) or the download stops there;
 - one host is not asked more often than every ``rate_limit_s`` (thread-safe; shareable between
@@ -27,13 +28,13 @@ import ipaddress
 import socket
 import threading
 import time
-import urllib.robotparser
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
+from protego import Protego
 
 from flows.core.errors import ReasonError
 from flows.scrape.parse import host_key
@@ -200,12 +201,27 @@ class RateLimiter:
             return slot - now
 
 
+def parse_robots(status: int, text: str) -> Protego | bool:
+    """The rules of one robots.txt answer (RFC 9309 section 2.3.1): a 2xx body parsed by Protego
+    (unparseable lines are skipped, so garbage allows everything); ``True`` (allow all) for a 4xx,
+    the file being absent; ``False`` (disallow all) otherwise: a 5xx or an unreachable host."""
+    if 200 <= status < 300:
+        return Protego.parse(text)
+    return 400 <= status < 500
+
+
+def robots_allow(rules: Protego | bool, url: str, user_agent: str) -> bool:
+    """Whether ``rules`` (from :func:`parse_robots`) let ``user_agent`` fetch ``url``: the group of the
+    most specific matching user agent, else ``*``; in it the longest matching Allow/Disallow wins."""
+    return rules if isinstance(rules, bool) else rules.can_fetch(url, user_agent)
+
+
 class RobotsCache:
     """robots.txt per origin, fetched once (through the guard) and cached; thread-safe."""
 
     def __init__(self, get_text: Callable[[str], tuple[int, str]], user_agent: str):
         self.get_text, self.user_agent = get_text, user_agent
-        self._parsers: dict[str, urllib.robotparser.RobotFileParser] = {}
+        self._rules: dict[str, Protego | bool] = {}
         self._lock = threading.Lock()
         self._origin_locks: dict[str, threading.Lock] = {}
 
@@ -215,24 +231,17 @@ class RobotsCache:
         with self._lock:
             lock = self._origin_locks.setdefault(origin, threading.Lock())
         with lock:  # one fetch per origin even when many threads ask at once
-            if origin not in self._parsers:
-                self._parsers[origin] = self._load(origin)
-        return self._parsers[origin].can_fetch(self.user_agent, url)
+            if origin not in self._rules:
+                self._rules[origin] = self._load(origin)
+        return robots_allow(self._rules[origin], url, self.user_agent)
 
-    def _load(self, origin: str) -> urllib.robotparser.RobotFileParser:
-        rp = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
+    def _load(self, origin: str) -> Protego | bool:
         try:
             status, text = self.get_text(origin + "/robots.txt")
         except FetchError as exc:
             # a refused robots.txt host is refused for media too; unreachable means disallow (RFC 9309)
             status, text = (404, "") if exc.reason.startswith("http_4") else (503, "")
-        if 200 <= status < 300:
-            rp.parse(text.splitlines())
-        elif 400 <= status < 500:
-            rp.allow_all = True
-        else:
-            rp.disallow_all = True
-        return rp
+        return parse_robots(status, text)
 
 
 class Fetcher:

@@ -134,6 +134,50 @@ def test_robots_cache_rules_and_status_codes():
     assert calls.count("http://a.test/robots.txt") == 1
 
 
+# urllib.robotparser reads these patterns literally ("*" and "$" as characters), so it allows every URL
+# below; RFC 9309 section 2.2.3 makes "*" any run of characters and a final "$" the end of the path.
+ROBOTS = ("User-agent: *\n"
+          "Disallow: /*.php$\n"           # any .php page, but not one with a query after it
+          "Disallow: /*/private/\n"       # a private/ folder at any depth
+          "Disallow: /tmp$\n"             # exactly /tmp, not what is under it
+          "Allow: /*/private/*.jpg$\n"    # longer than the Disallow above: wins for its JPEGs
+          "\n"
+          "User-agent: sift-scraper\n"    # the most specific group replaces '*' for this agent
+          "Disallow: /*.gif$\n")
+
+
+@pytest.mark.parametrize("path, star_ok", [
+    ("/index.php", False), ("/a/b/index.php", False), ("/index.php?x=1", True), ("/index.phps", True),
+    ("/x/private/a.png", False), ("/a/b/private/c/d", False), ("/private/a.png", True),  # '/*/' needs a folder
+    ("/x/private/a.jpg", True), ("/x/private/a.jpg?v=2", False),
+    ("/tmp", False), ("/tmp/x.jpg", True), ("/tmpfile", True), ("/", True),
+])
+def test_robots_wildcards_and_end_anchor(path, star_ok):
+    rules = fetch.parse_robots(200, ROBOTS)
+    assert fetch.robots_allow(rules, "http://a.test" + path, "other-bot/2.0") is star_ok
+    # sift-scraper has its own group: only its GIF rule applies, the '*' group does not
+    assert fetch.robots_allow(rules, "http://a.test" + path, "sift-scraper/0.1")
+    assert not fetch.robots_allow(rules, "http://a.test/x/pic.gif", "sift-scraper/0.1")
+    assert fetch.robots_allow(rules, "http://a.test/x/pic.gif?v=1", "sift-scraper/0.1")
+
+
+def test_robots_status_codes_and_garbage():
+    assert fetch.parse_robots(404, "") is True and fetch.parse_robots(410, "Disallow: /") is True
+    assert fetch.parse_robots(503, "") is False and fetch.parse_robots(302, "") is False
+    garbage = bytes(range(256)).decode("utf-8", "replace") * 20 + "\n<html>not robots</html>\n"
+    assert fetch.robots_allow(fetch.parse_robots(200, garbage), "http://a.test/x.jpg", "sift-scraper/0.1")
+    assert fetch.robots_allow(fetch.parse_robots(200, ""), "http://a.test/x.jpg", "sift-scraper/0.1")
+    assert not fetch.robots_allow(False, "http://a.test/robots.txt", "sift-scraper/0.1")  # disallow all is all
+
+
+def test_robots_cache_applies_wildcard_rules_per_origin():
+    texts = {"http://a.test/robots.txt": ROBOTS, "http://b.test/robots.txt": "User-agent: *\nDisallow: /\n"}
+    rc = RobotsCache(lambda url: (200, texts[url]), "other-bot/2.0")
+    assert not rc.allowed("http://a.test/shop/cart.php") and rc.allowed("http://a.test/shop/cart.php?id=3")
+    assert rc.allowed("http://a.test/x/private/a.jpg") and not rc.allowed("http://a.test/x/private/a.png")
+    assert not rc.allowed("http://b.test/shop/cart.php?id=3")  # the other origin's own rules
+
+
 # ---------------------------------------------------------------- real downloads from 127.0.0.1
 
 class Handler(BaseHTTPRequestHandler):

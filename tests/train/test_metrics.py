@@ -13,9 +13,11 @@ from train.metrics import (
     evaluate,
     macro_f1,
     per_class_prf,
+    pr_curve,
     predict_with_thresholds,
     rate_tag,
     recall_at_fpr,
+    tag_metrics,
 )
 from train.selection import selection_score
 
@@ -74,6 +76,46 @@ def test_average_precision_matches_sklearn():
     for c in range(3):
         expected = average_precision_score(y == c, probs[:, c])
         assert average_precision(probs[:, c], y == c) == pytest.approx(expected)
+
+
+def test_prf_hand_computed_with_a_class_absent_from_y_true():
+    # class 3 ("d") has no true item but is predicted once; its row is all zeros, its ratios 0, not NaN
+    y = [0, 0, 0, 1, 1, 2, 2, 2]
+    pred = [0, 0, 1, 1, 3, 2, 0, 2]
+    cm = confusion(y, pred, 4)
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 1, 0, 1], [1, 0, 2, 0], [0, 0, 0, 0]]
+    got = per_class_prf(cm, list("abcd"))
+    expected = {"a": (2 / 3, 2 / 3, 2 / 3, 3), "b": (1 / 2, 1 / 2, 1 / 2, 2), "c": (1.0, 2 / 3, 4 / 5, 3),
+                "d": (0.0, 0.0, 0.0, 0)}
+    for c, (p, r, f, n) in expected.items():
+        assert got[c] == pytest.approx({"precision": p, "recall": r, "f1": f, "support": n})
+    assert macro_f1(cm) == pytest.approx(59 / 120)  # (2/3 + 1/2 + 4/5 + 0) / 4: the absent class counts
+    probs = np.full((8, 4), 0.1)
+    probs[np.arange(8), pred] = 0.7
+    m = evaluate(probs, np.array(y), list("abcd"))
+    assert m["accuracy"] == pytest.approx(5 / 8) and m["macro_f1"] == pytest.approx(59 / 120)
+    assert (m["n_d"], m["precision_d"], m["recall_d"], m["f1_d"]) == (0.0, 0.0, 0.0, 0.0)
+    assert math.isnan(m["ap_d"]) and m["f1_c"] == pytest.approx(0.8)
+
+
+def test_pr_curve_and_average_precision_hand_computed():
+    scores = [0.9, 0.8, 0.8, 0.3, 0.1]  # the two 0.8s (one positive, one not) are flagged together
+    is_pos = [True, False, True, False, True]
+    precision, recall, thresholds = pr_curve(scores, is_pos)
+    assert thresholds.tolist() == [0.9, 0.8, 0.3, 0.1]
+    assert precision == pytest.approx([1, 2 / 3, 1 / 2, 3 / 5]) and recall == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1])
+    assert average_precision(scores, is_pos) == pytest.approx(1 / 3 + 2 / 9 + 1 / 5)  # sum (R_k - R_k-1) P_k
+    assert all(a.size == 0 for a in pr_curve(scores, [False] * 5)) and math.isnan(average_precision(scores, [0] * 5))
+
+
+def test_tag_metrics_hand_computed_one_and_two_tags():
+    probs = np.array([[0.9, 0.1], [0.2, 0.1], [0.7, 0.1], [0.1, 0.1]])
+    targets = np.array([[1, 0], [0, 0], [0, 0], [0, 0]])
+    one = tag_metrics(probs[:, :1], targets[:, :1], [0.5], ["x"])  # a single tag is still its positive side
+    assert one["tag_f1_x"] == pytest.approx(2 / 3) and one["tag_ap_x"] == 1.0  # tp 1, fp 1, fn 0
+    two = tag_metrics(probs, targets, [0.5, 0.5], ["x", "y"])
+    assert two["tag_f1_y"] == 0.0 and math.isnan(two["tag_ap_y"])  # no positive, none flagged: 0, no AP
+    assert two["tag_macro_f1"] == pytest.approx(1 / 3) and two["tag_map"] == 1.0 and two["tag_n"] == 4.0
 
 
 # --- recall at rate ----------------------------------------------------------------------------------
