@@ -1,7 +1,8 @@
-"""HTTP details of the API: reading bounded payloads, auth, Prometheus metrics.
+"""HTTP details of the API: bounded bodies, multipart or JSON payloads, auth, Prometheus metrics.
 
-A payload is read at most ``limit`` bytes far — by Content-Length when present, by counting the
-stream otherwise — before anything parses it, so an oversized upload costs the server nothing.
+A body is read at most its endpoint's limit far (the BodyLimit middleware) before anything parses
+it, so an oversized upload costs the server nothing; FastAPI then parses multipart into the typed
+``files`` of an endpoint, and a JSON body is validated against the models in ``serve.api.schemas``.
 """
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from fastapi import Request
+from fastapi import Request, UploadFile
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
 
+from serve.api.schemas import ImagesJson, JobJson, VideoJson
 from serve.config import is_loopback
 from serve.predictor import ApiError
 
@@ -26,6 +30,7 @@ class Payload:
     tile_agg: str = "mean"
     aggregate: str | None = None
     fps: float | None = None
+    options_set: set[str] = field(default_factory=set)  # the options a JSON body gave itself
 
 
 def client_is_loopback(request: Request) -> bool:
@@ -53,135 +58,205 @@ def check_auth(request: Request, cfg, loopback_free: bool = False) -> None:
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(413, "too_large", f"body of {declared} bytes > {limit}")
-        except ValueError:
-            raise ApiError(400, "bad_request", "invalid Content-Length") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    request._body = data  # starlette's cache: form() parses these bytes instead of the spent stream
-    return data
+def _json(body: bytes, model: type[BaseModel]) -> BaseModel:
+    """A JSON body -> ``model``: 400 when it is not JSON, 422 (the first problem named) when it is
+    not the shape ``model`` documents."""
+    try:
+        obj = json.loads(body or b"null")
+    except ValueError:
+        raise ApiError(400, "bad_json", "body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, "bad_json", "body must be a JSON object")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ApiError(422, "bad_field", first_problem(exc.errors())) from None
 
 
-def _b64(value, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ApiError(422, "bad_field", f"{what} must be a base64 string")
+def first_problem(errors: list[dict]) -> str:
+    """Pydantic/FastAPI validation errors -> one line: ``where: what`` of the first (+ how many more)."""
+    if not errors:
+        return "invalid request"
+    e = errors[0]
+    where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where or 'request'}: {e.get('msg', 'invalid')}{more}"[:500]
+
+
+def _b64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "bad_base64", f"{what} is not valid base64") from None
 
 
-def _name(value, what: str) -> str:
-    """An item's name: a string or a number (shown back as text), at most 1000 characters."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ApiError(422, "bad_field", f"{what} must be a string")
-    if len(str(value)) > 1000:
-        raise ApiError(422, "bad_field", f"{what} is longer than 1000 characters")
-    return str(value)
-
-
-def _options(p: Payload, opts) -> Payload:
-    try:
-        if "tiles" in opts:
-            p.tiles = int(opts["tiles"])
-        if "fps" in opts:
-            p.fps = float(opts["fps"])
-    except (TypeError, ValueError):
-        raise ApiError(422, "bad_option", "tiles must be an integer and fps a number") from None
-    p.tile_agg = opts.get("tile_agg", p.tile_agg)
-    p.aggregate = opts.get("aggregate", p.aggregate)
-    if not isinstance(p.tile_agg, str) or not isinstance(p.aggregate, (str, type(None))):
-        raise ApiError(422, "bad_option", "tile_agg and aggregate must be strings")
-    if p.tiles not in (1, 5):
-        raise ApiError(422, "bad_option", "tiles must be 1 or 5")
-    if p.tile_agg not in ("mean", "max"):
-        raise ApiError(422, "bad_option", "tile_agg must be mean or max")
-    if p.aggregate not in (None, "max", "mean", "topk"):
-        raise ApiError(422, "bad_option", "aggregate must be max, mean or topk")
-    if p.fps is not None and not (0.01 <= p.fps <= 60):
-        raise ApiError(422, "bad_option", "fps must be within 0.01..60")
+def json_images(body: bytes, jobs: bool = False) -> Payload:
+    """An ImagesJson (or, for ``jobs``, a JobJson) body -> Payload, names defaulting to the index."""
+    b = _json(body, JobJson if jobs else ImagesJson)
+    p = Payload(tiles=int(b.tiles), tile_agg=b.tile_agg)
+    if jobs and b.items is not None:
+        for i, it in enumerate(b.items):
+            name, image = (str(i), it) if isinstance(it, str) else (str(i) if it.name is None else it.name, it.image)
+            p.items.append((name, _b64(image, f"items[{i}].image")))
+    else:
+        images = b.images if b.images is not None else [b.image] if b.image is not None else []
+        names = b.names or []
+        p.items = [(names[i] if i < len(names) else str(i), _b64(v, f"images[{i}]")) for i, v in enumerate(images)]
+    p.options_set = {k for k in ("tiles", "tile_agg") if k in b.model_fields_set}
     return p
 
 
-async def read_payload(request: Request, cfg, limit: int, video: bool = False) -> Payload:
-    """Multipart files or JSON base64 -> Payload; options from the body or the query string."""
+def json_video(body: bytes) -> Payload:
+    """A VideoJson body -> Payload with one item (none when ``video`` is absent)."""
+    b = _json(body, VideoJson)
+    p = Payload(aggregate=b.aggregate, fps=b.fps)
+    if b.video is not None:
+        p.items.append((b.name, _b64(b.video, "video")))
+    p.options_set = {k for k in ("aggregate", "fps") if k in b.model_fields_set}
+    return p
+
+
+async def read_payload(request: Request, files: list[UploadFile] | None, query: dict, video: bool = False,
+                       jobs: bool = False) -> Payload:
+    """The request's media -> Payload: multipart ``files`` (already parsed by FastAPI from a body
+    the BodyLimit middleware bounded) or a JSON body (options in it win over ``query``'s)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    await read_body(request, limit)
-    p = Payload()
-    opts = dict(request.query_params)
     if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=max(cfg.max_items, 1) * 4, max_fields=64)
-        except Exception as exc:  # malformed multipart
-            raise ApiError(400, "bad_multipart", f"could not parse multipart body: {exc}") from None
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                p.items.append((value.filename or key, await value.read()))
-            else:
-                opts.setdefault(key, value)
+        p = Payload(**query)
+        p.items = [(f.filename or "file", await f.read()) for f in files or []]
     elif ctype == "application/json":
-        try:
-            body = json.loads(request._body or b"null")
-        except ValueError:
-            raise ApiError(400, "bad_json", "body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "bad_json", "body must be a JSON object")
-        if video:
-            if "video" in body:
-                p.items.append((_name(body.get("name", "video"), "name"), _b64(body["video"], "video")))
-        else:
-            images = body.get("images", [body["image"]] if "image" in body else [])
-            items = body.get("items")
-            if items is not None:  # jobs: [{name, image}]
-                if not isinstance(items, list):
-                    raise ApiError(422, "bad_field", "items must be a list")
-                images = [it.get("image") if isinstance(it, dict) else it for it in items]
-                names = [_name(it.get("name", i), f"items[{i}].name") if isinstance(it, dict) else str(i)
-                         for i, it in enumerate(items)]
-            else:
-                names = body.get("names", [str(i) for i in range(len(images))] if isinstance(images, list) else [])
-                if not isinstance(names, list):
-                    raise ApiError(422, "bad_field", "names must be a list of strings")
-                names = [_name(n, f"names[{i}]") for i, n in enumerate(names)]
-            if not isinstance(images, list):
-                raise ApiError(422, "bad_field", "images must be a list of base64 strings")
-            p.items += [(names[i] if i < len(names) else str(i), _b64(v, f"images[{i}]")) for i, v in enumerate(images)]
-        opts.update({k: v for k, v in body.items() if k in ("tiles", "tile_agg", "aggregate", "fps")})
+        p = json_video(await request.body()) if video else json_images(await request.body(), jobs=jobs)
+        for k, v in query.items():
+            if k not in p.options_set:
+                setattr(p, k, v)
     else:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json")
     if not p.items:
         raise ApiError(422, "no_items", "no image or video in the request")
-    return _options(p, opts)
+    p.tiles = int(p.tiles)  # the query's Tiles enum: plain ints travel to the replicas and the job DB
+    return p
+
+
+class BodyLimit:
+    """ASGI middleware: a request body is read at most its endpoint's limit far -- by Content-Length
+    when present, by counting the stream otherwise -- before any parser sees it, so an oversized
+    upload costs the server nothing; the bounded body is then handed on as one message.
+
+    The limits come from ``app.state.body_limits`` ({path: (endpoint name, bytes)}, set by the
+    deployment from its config); other paths get ``default`` (the GET endpoints carry no body).
+    A 413 is counted in ``app.state.metrics`` like every other answer."""
+
+    def __init__(self, app, default: int = 1 << 20):
+        self.app, self.default = app, default
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = getattr(scope.get("app"), "state", None)
+        endpoint, limit = getattr(state, "body_limits", {}).get(scope["path"], (scope["path"], self.default))
+        try:
+            body = await self._read(scope, receive, limit)
+        except ApiError as exc:
+            metrics = getattr(state, "metrics", None)
+            if metrics is not None:
+                metrics.observe(endpoint, exc.status, 0.0)
+            return await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
+        if body is None:
+            return await self.app(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the client's disconnect, when it comes
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _read(scope, receive, limit: int) -> bytes | None:
+        """The whole body (None when the client left before sending it), or ApiError 413/400."""
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise ApiError(413, "too_large", f"body of {int(declared)} bytes > {limit}")
+            except ValueError:
+                raise ApiError(400, "bad_request", "invalid Content-Length") from None
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """Prometheus metrics of this replica (own registry, so replicas and tests don't collide)."""
+    """Request, error, latency and batch-size metrics, recorded twice from one call:
 
-    def __init__(self):
+    - into Ray's metrics (``ray.serve.metrics``) when running in a Serve replica: Ray's metrics agent
+      exports them on every node's metrics port as ``ray_sift_*`` with the deployment and replica as
+      labels, so one Prometheus scrape config sums them over all replicas and nodes;
+    - into this replica's own registry, which ``GET /metrics`` renders (a quick look without a
+      Prometheus; behind Serve's load balancing it is one replica's view)."""
+
+    def __init__(self, cluster: bool = True):
         self.registry = CollectorRegistry()
         self.requests = Counter("sift_requests", "API requests", ["endpoint", "code"], registry=self.registry)
         self.errors = Counter("sift_errors", "API errors by status code", ["endpoint", "code"], registry=self.registry)
         self.latency = Histogram("sift_request_latency_seconds", "request latency", ["endpoint"],
-                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-                                 registry=self.registry)
-        self.batch = Histogram("sift_batch_size", "model batch size seen by requests",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch = _Both(Histogram("sift_batch_size", "model batch size seen by requests",
+                                     buckets=BATCH_BUCKETS, registry=self.registry), None)
+        self.ray = None
+        if cluster:
+            import ray
+
+            if ray.is_initialized():
+                from ray.serve import metrics as rm
+
+                tags = ("endpoint", "code")
+                self.ray = {"requests": rm.Counter("sift_requests", "API requests", tag_keys=tags),
+                            "errors": rm.Counter("sift_errors", "API errors by status code", tag_keys=tags),
+                            "latency": rm.Histogram("sift_request_latency_seconds", "request latency",
+                                                    boundaries=list(LATENCY_BUCKETS), tag_keys=("endpoint",))}
+                self.batch.ray = rm.Histogram("sift_batch_size", "model batch size seen by requests",
+                                              boundaries=list(BATCH_BUCKETS))
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(code)).inc()
         self.latency.labels(endpoint).observe(seconds)
         if code >= 400:
             self.errors.labels(endpoint, str(code)).inc()
+        if self.ray is not None:
+            tags = {"endpoint": endpoint, "code": str(code)}
+            self.ray["requests"].inc(1, tags=tags)
+            self.ray["latency"].observe(seconds, tags={"endpoint": endpoint})
+            if code >= 400:
+                self.ray["errors"].inc(1, tags=tags)
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()
+
+
+class _Both:
+    """One histogram observed into the local registry and, when present, Ray's metrics."""
+
+    def __init__(self, local, ray_metric):
+        self.local, self.ray = local, ray_metric
+
+    def observe(self, value: float) -> None:
+        self.local.observe(value)
+        if self.ray is not None:
+            self.ray.observe(value)

@@ -279,12 +279,90 @@ def test_metrics_count_requests_errors_and_batches(api):
     assert 'sift_requests_total{code="200",endpoint="classify"}' in text
     assert 'sift_errors_total{code="422",endpoint="classify"}' in text
     assert "sift_batch_size_bucket" in text and "sift_request_latency_seconds_bucket" in text
+    # the same series through Ray's metrics agent (ray.serve.metrics), labelled by replica, for one
+    # Prometheus scrape over every replica and node; the agent exports them every few seconds
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    deadline, found = time.time() + 60, ""
+    while time.time() < deadline and "sift_requests" not in found:
+        with contextlib.suppress(httpx.HTTPError):
+            found = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        time.sleep(2)
+    line = next((x for x in found.splitlines() if x.startswith("ray_sift_requests") and 'endpoint="classify"' in x
+                 and 'code="200"' in x), "")
+    assert 'deployment="Api"' in line and float(line.rsplit(" ", 1)[1]) >= 1, found[-2000:]
 
 
-def test_openapi_documents_the_endpoints(api):
-    paths = api.get("/openapi.json").json()["paths"]
+def test_a_request_whose_every_item_failed_gets_their_status_not_200(api):
+    text = [("files", ("a.txt", b"just some text, not an image at all")), ("files", ("b.txt", b"more text, still not"))]
+    r = api.post("/v1/classify", files=text)
+    assert r.status_code == 415, r.text
+    body = r.json()
+    assert body["error"]["code"] == "all_failed" and [x["status"] for x in body["results"]] == [415, 415]
+    mixed = api.post("/v1/classify", files=[text[0], ("files", ("c.jpg", _jpeg()[:300]))])
+    assert mixed.status_code == 422 and [x["status"] for x in mixed.json()["results"]] == [415, 422]
+    with pytest.raises(httpx.HTTPStatusError):
+        r.raise_for_status()
+
+
+def test_typed_parameters_are_validated_as_json_errors(api):
+    r = api.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))], params={"tiles": 3})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_option" and "tiles" in r.json()["error"]["message"]
+    v = api.post("/v1/classify/video", files={"file": ("v.mp4", b"x")}, params={"fps": 1000})
+    assert v.status_code == 422 and "fps" in v.json()["error"]["message"]
+    bad = api.post("/v1/classify", content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert bad.status_code in (400, 422) and "code" in bad.json()["error"]
+    assert api.get("/nope").json()["error"]["code"] == "not_found"
+
+
+def test_openapi_documents_typed_endpoints_and_a_generated_client_classifies(api, trained, tmp_path):
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    spec = api.get("/openapi.json").json()
+    paths = spec["paths"]
     assert {"/v1/classify", "/v1/classify/video", "/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz",
             "/metrics"} <= set(paths)
+    op = paths["/v1/classify"]["post"]
+    assert {"multipart/form-data", "application/json"} <= set(op["requestBody"]["content"])
+    assert {p["name"] for p in op["parameters"]} == {"tiles", "tile_agg"} and op["security"] == [{"token": []}]
+    assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ClassifyResponse")
+    # a client generated from the document, exactly as a user would, classifies through it
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "gen.yaml").write_text("post_hooks: []\n")
+    gen = Path(sys.executable).parent / "openapi-python-client"
+    out = subprocess.run([str(gen), "generate", "--path", str(tmp_path / "spec.json"), "--meta", "none",
+                          "--output-path", str(tmp_path / "sift_api_client"), "--config", str(tmp_path / "gen.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pkg = importlib.import_module("sift_api_client")
+        classify = importlib.import_module("sift_api_client.api.default.classify")
+        models = importlib.import_module("sift_api_client.models")
+        types = importlib.import_module("sift_api_client.types")
+        client = pkg.Client(base_url=str(api.base_url), timeout=httpx.Timeout(120))
+        body = models.BodyClassify(files=[types.File(payload=io.BytesIO(_jpeg(11)), file_name="a.jpg"),
+                                          types.File(payload=io.BytesIO(b"not an image"), file_name="b.txt")])
+        r = classify.sync_detailed(client=client, body=body, tiles=models.Tiles(5))
+        assert r.status_code == 200, r.content
+        good, bad = r.parsed.results
+        assert good.name == "a.jpg" and good.label == _ruled(trained, good.to_dict())
+        assert bad.status == 415 and bad.error.code == "not_media"
+        j = classify.sync_detailed(client=client, body=models.ClassifyJsonImagesJson(
+            images=[base64.b64encode(_jpeg(11)).decode()], names=["again"]))
+        assert j.parsed.results[0].label == good.label and j.parsed.results[0].name == "again"
+        failed = classify.sync_detailed(client=client, body=models.BodyClassify(
+            files=[types.File(payload=io.BytesIO(b"text"), file_name="c.txt")]))
+        assert failed.status_code == 415 and failed.parsed.error.code == "all_failed"
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("sift_api_client")]:
+            del sys.modules[name]
 
 
 def test_redeploy_with_a_new_model_drops_no_request(server, trained):
