@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 from PIL import Image
 
@@ -22,13 +23,7 @@ def write_video(path: Path, scenes, size: tuple[int, int], fps: int, rng) -> dic
     noise so no two frames are equal; cuts are hard. Frames stream into ffmpeg's stdin one at a
     time, so a long video never sits in memory. Returns {"duration", "scenes", "cuts"} in seconds.
     """
-    w, h = size
-    codec = (["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "400k"]
-             if Path(path).suffix == ".webm" else ["-c:v", "libx264", "-preset", "veryfast", "-crf", "26"])
-    cmd = ["ffmpeg", "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0", "-an", "-threads", "1", *codec,
-           "-pix_fmt", "yuv420p", "-g", str(2 * fps), "-map_metadata", "-1",
-           "-fflags", "+bitexact", "-flags:v", "+bitexact", str(path)]
+    cmd = encode_cmd(path, size, fps)
     records, frame = [], 0
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on stderr
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
@@ -46,6 +41,20 @@ def write_video(path: Path, scenes, size: tuple[int, int], fps: int, rng) -> dic
             err.seek(0)
             raise RuntimeError(f"ffmpeg failed on {path}: {err.read().decode(errors='replace')[-2000:]}")
     return {"duration": frame / fps, "scenes": records, "cuts": [r["start"] for r in records[1:]]}
+
+
+def encode_cmd(path: Path, size: tuple[int, int], fps: int) -> list[str]:
+    """ffmpeg encoding raw RGB24 frames of ``size`` (w, h) at ``fps`` read from stdin into ``path``
+    (VP8 for .webm, else H.264), bit-exact and without metadata so that a seed gives the same bytes.
+
+    Not under the guard of ``flows.media.video``: its input is our own pipe, and it must read stdin."""
+    w, h = size
+    codec = ({"c:v": "libvpx", "deadline": "realtime", "cpu-used": 8, "b:v": "400k"}
+             if Path(path).suffix == ".webm" else {"c:v": "libx264", "preset": "veryfast", "crf": 26})
+    frames = ffmpeg.input("pipe:0", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", r=fps)
+    out = frames.output(str(path), an=None, threads=1, **codec, pix_fmt="yuv420p", g=2 * fps, map_metadata=-1,
+                        fflags="+bitexact", **{"flags:v": "+bitexact"})
+    return out.global_args("-hide_banner", "-loglevel", "error").overwrite_output().compile()
 
 
 def _scene_frames(cls: str, n: int, size: tuple[int, int], rng):

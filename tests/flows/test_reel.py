@@ -77,24 +77,31 @@ def test_packets_and_cuts_snap_to_frames_and_know_when_copy_is_exact():
 def test_overlay_text_and_escaping():
     assert reel.overlay_text("BAD", 0.8666) == "BAD 0.87"
     assert reel.overlay_text("BAD", math.nan) == "BAD"
-    # both filtergraph levels: option separators, quotes, brackets, commas
-    assert reel._escape("/a b/it's:x[1],y;z") == "/a b/it\\\\\\'s\\\\:x\\[1\\]\\,y\\;z"
+    # paths are escaped for both filtergraph levels: option separators, quotes, brackets, commas
+    cut = Cut(2.0, 4.0, 50, "BAD", 0.9, False)
+    draw = reel.drawtext("/a b/it's:x[1],y;z", "/t/t.txt", 120)
+    enc = reel.video_piece_cmd("v.mp4", cut, "/t/v.mov", False, 25.0, draw)
+    graph = enc[enc.index("-filter_complex") + 1]
+    assert ":fontfile=/a b/it\\\\\\'s\\\\:x\\[1\\]\\,y\\;z:" in graph
+    assert ":textfile=/t/t.txt:" in graph and ":fontsize=10:" in graph and ":expansion=none:" in graph
 
 
 def test_commands_read_only_local_files_and_our_pieces():
     cut = Cut(2.0, 4.0, 50, "BAD", 0.9, True)
     for cmd in (reel.video_piece_cmd("-v.mp4", cut, "/t/v.mov", True, 25.0),
-                reel.video_piece_cmd("-v.mp4", cut, "/t/v.mov", False, 25.0, "drawtext=x=1"),
+                reel.video_piece_cmd("-v.mp4", cut, "/t/v.mov", False, 25.0, {"x": 1}),
                 reel.audio_piece_cmd("-v.mp4", cut, "/t/a.wav")):
         src = cmd.index("file:" + os.path.abspath("-v.mp4"))
         assert cmd[cmd.index("-protocol_whitelist") + 1] == "file,pipe"
         assert cmd.index("-format_whitelist") < src and cmd[src - 1] == "-i"
-        assert "-nostdin" in cmd and cmd[-1].startswith("file:/t/")
+        # the output: last before the guard's global options (ffmpeg-python puts them at the end)
+        assert "-y" in cmd and cmd[cmd.index("-nostdin") - 1].startswith("file:/t/")
     copy = reel.video_piece_cmd("v.mp4", cut, "/t/v.mov", True, 25.0)
     assert copy[copy.index("-c:v") + 1] == "copy" and copy[copy.index("-frames:v") + 1] == "50"
     assert float(copy[copy.index("-ss") + 1]) == pytest.approx(2.0, abs=2e-6)  # on the keyframe
-    enc = reel.video_piece_cmd("v.mp4", cut, "/t/v.mov", False, 25.0, "drawtext=x=1")
-    assert "libx264" in enc and enc[enc.index("-vf") + 1].startswith("drawtext=x=1,setpts=")
+    enc = reel.video_piece_cmd("v.mp4", cut, "/t/v.mov", False, 25.0, {"x": 1})
+    graph = enc[enc.index("-filter_complex") + 1]
+    assert "libx264" in enc and graph.startswith("[0:V:0]drawtext=x=1[s0];[s0]setpts=")
     assert float(enc[enc.index("-ss") + 1]) == pytest.approx(2.0 - 0.25 / 25)
     audio = reel.audio_piece_cmd("v.mp4", cut, "/t/a.wav")
     assert float(audio[audio.index("-t") + 1]) == 2.0 and "pcm_s16le" in audio

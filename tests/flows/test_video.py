@@ -50,10 +50,14 @@ def test_keyframes_cmd_shape():
         assert flag in cmd
     assert cmd[cmd.index("-frames:v") + 1] == "12"
     assert cmd[cmd.index("-fps_mode") + 1] == "vfr"
-    assert cmd[-5:] == ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    vf = cmd[cmd.index("-vf") + 1]
-    assert "gt(scene,0.25)" in vf and "trunc(t/1.5)" in vf and "scale=64:48" in vf
+    # ffmpeg-python's layout: the graph, then the output's options (sorted), then the output
+    assert cmd[cmd.index("-f") + 1] == "rawvideo" and cmd[cmd.index("-pix_fmt") + 1] == "rgb24"
+    assert cmd.index("-filter_complex") < cmd.index("-f") < cmd.index("pipe:1")
+    vf = cmd[cmd.index("-filter_complex") + 1]  # the expression's commas escaped for the graph
+    assert "gt(scene\\,0.25)" in vf and "trunc(t/1.5)" in vf and "scale=64:48" in vf
+    assert vf.startswith("[0:V:0]select=") and vf.endswith("format=rgb24[s4]")
     assert vf.index("select=") < vf.index("metadata@kf") < vf.index("scale=")
+    assert cmd[cmd.index("-map") + 1] == "[s4]"
 
 
 @pytest.mark.parametrize("path", [

@@ -30,8 +30,9 @@ def test_sample_cmd_seeks_the_input_and_streams_rgb():
         assert flag in cmd
     assert cmd[cmd.index("-fps_mode") + 1] == "passthrough"
     assert cmd[cmd.index("-frames:v") + 1] == "5"
-    assert cmd[-5:] == ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    vf = cmd[cmd.index("-vf") + 1]
+    assert cmd[cmd.index("-f") + 1] == "rawvideo" and cmd[cmd.index("-pix_fmt") + 1] == "rgb24"
+    assert src < cmd.index("-filter_complex") < cmd.index("-f") < cmd.index("pipe:1")
+    vf = cmd[cmd.index("-filter_complex") + 1]
     assert "floor(t*2/1+" in vf and "scale=84:64" in vf and "fps=" not in vf
     assert vf.index("select=") < vf.index("settb=AVTB") < vf.index("metadata@smp=mode=print")
     assert vf.index("metadata@smp=mode=print") < vf.index("scale=")

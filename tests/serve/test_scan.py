@@ -61,9 +61,9 @@ def test_scan_cmd_seeks_before_input_and_selects_before_scaling():
     src = cmd.index("file:" + os.path.abspath("a.mp4"))
     assert cmd[src - 1] == "-i" and cmd.index("-ss") < src and cmd[cmd.index("-ss") + 1] == "10.001000"
     assert cmd.index("-t") > src and float(cmd[cmd.index("-t") + 1]) == pytest.approx(10.12 + sd.SPAN_MARGIN)
-    vf = cmd[cmd.index("-vf") + 1]
+    vf = cmd[cmd.index("-filter_complex") + 1]  # the expression's commas escaped for the graph
     assert vf.index("select=") < vf.index("settb=AVTB") < vf.index("metadata@scan") < vf.index("scale=84:48")
-    assert "gt(scene,0.3)" in vf and "(t+10.001000)*2/1" in vf
+    assert "gt(scene\\,0.3)" in vf and "(t+10.001000)*2/1" in vf
     assert cmd[cmd.index("-frames:v") + 1] == str(sd.max_frames(c, 2.0, 0.5))
     last = sd.scan_cmd("a.mp4", 84, 48, 2.0, sp.Chunk(0.0, 0.0, 5.0, True), 0.3, 0.5)
     assert "-ss" not in last and "-t" not in last
@@ -72,6 +72,16 @@ def test_scan_cmd_seeks_before_input_and_selects_before_scaling():
     # one decoder thread per ffmpeg by default (the chunks are the parallelism); 0 = ffmpeg's choice
     assert cmd[cmd.index("-threads") + 1] == "1" and cmd.index("-threads") < src
     assert "-threads" not in sd.scan_cmd("a.mp4", 84, 48, 2.0, c, 0.3, 0.5, threads=0)
+
+
+def test_scan_cmd_carries_the_ffmpeg_guard():
+    from tests.flows.test_video_graph import assert_guarded
+
+    for chunk in (sp.Chunk(seek=10.001, start=10.121, end=20.121, last=False), sp.Chunk(0.0, 0.0, 5.0, True)):
+        cmd = sd.scan_cmd("a.mp4", 84, 48, 2.0, chunk, 0.3, 0.5)
+        assert_guarded(cmd)  # whitelists on the input, -nostdin -hide_banner -nostats -loglevel
+        assert cmd[cmd.index("-filter_complex") + 1].startswith("[0:V:0]select=")
+        assert cmd[cmd.index("-nostdin") - 1] == "pipe:1"
 
 
 def test_run_large_reads_everything_once_and_fails_clearly():

@@ -20,10 +20,12 @@
    on a copied stream counts decode timestamps (B-frames would add frames past the cut); PCM pieces
    cut with ``-t`` are sample-exact, so no AAC padding accumulates at the joins.
 
-The overlay ("LABEL 0.87") is ``drawtext`` from a text file (user text is never escaped into the
-graph; ``expansion=none`` prints ``%`` as is) in DejaVu Sans Bold found through fontconfig; without a
-font file the reel is made without it and the result says ``overlay: False``. Only local files reach
-ffmpeg (:func:`flows.media.video.local_input`); no shell is ever used.
+The overlay ("LABEL 0.87") is ``drawtext`` from a text file (user text is never put into the graph;
+``expansion=none`` prints ``%`` as is) in DejaVu Sans Bold found through fontconfig; without a font
+file the reel is made without it and the result says ``overlay: False``. The ffmpeg commands are
+ffmpeg-python graphs under sift's guard (``flows.media.video.graph``), which also escapes the font
+and text file paths for the filtergraph. Only local files reach ffmpeg
+(:func:`flows.media.video.local_input`); no shell is ever used.
 """
 from __future__ import annotations
 
@@ -35,35 +37,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import ffmpeg
+
 from flows.media.reel.plan import Cut, Packets, merge_segments, parse_packets, plan_cuts
 from flows.media.validate import Reject, check, read_head
-from flows.media.video import (SAFE_INPUT, VideoError, VideoInfo, local_input, parse_probe, probe,
-                    probe_cmd, run)
+from flows.media.video import (SAFE_INPUT, VideoError, VideoInfo, command, local_input, parse_probe, probe,
+                               probe_cmd, run, source)
 
 COPY_CODECS = ("h264", "hevc")  # stream-copyable into mp4 and joinable by the concat demuxer
 EMPTY_SELECTION = "empty_selection"
 DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 _JOIN_FORMATS = "concat,mov,wav"  # the join reads only our list files and pieces
-_X264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"]
+_X264 = {"c:v": "libx264", "preset": "veryfast", "crf": 20, "pix_fmt": "yuv420p"}
+_NO_EXTRA = {"sn": None, "dn": None}  # a piece never carries a subtitle or data stream
 
 
-def _ffmpeg(*args: str) -> list[str]:
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+error", "-y",
-            *args]
+def _ffmpeg(output) -> list[str]:
+    """The argv of an ffmpeg-python ``output`` of the reel: guarded, quiet but for errors, and
+    overwriting (our own temporary files)."""
+    return command(output, loglevel="level+error", overwrite=True)
 
 
 def overlay_text(label: str, score: float) -> str:
     """What the overlay shows: ``"BAD 0.87"``, or the label alone without a score."""
     return label if math.isnan(score) else f"{label} {score:.2f}".strip()
-
-
-def _escape(value: str) -> str:
-    """A filter option value escaped for both levels of ffmpeg's filtergraph syntax."""
-    for ch in "\\':":
-        value = value.replace(ch, "\\" + ch)
-    for ch in "\\'[],;":
-        value = value.replace(ch, "\\" + ch)
-    return value
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,53 +79,59 @@ def find_font() -> str | None:
 
 
 def video_piece_cmd(src: str, cut: Cut, out: str, copy: bool, fps: float,
-                    draw: str | None = None) -> list[str]:
+                    draw: dict | None = None) -> list[str]:
     """One ffmpeg writing ``cut.frames`` video frames from ``cut.start`` to ``out`` (mov).
 
     Copy: ``-ss`` 1 µs past the keyframe, so the seek lands on it whatever the rounding of the
     printed pts, while the output timestamps still round to 0. Re-encode: ``-ss`` a quarter frame
     early (accurate seek drops the frames before it, so the first kept one is the frame at
-    ``cut.start``), timestamps restarted at 0, ``draw`` (a drawtext filter) applied, sizes made even
-    for yuv420p.
+    ``cut.start``), timestamps restarted at 0, ``draw`` (drawtext options, see :func:`drawtext`)
+    applied, sizes made even for yuv420p.
     """
     if copy:
-        seek, codec = f"{cut.start + 1e-6:.6f}", ["-c:v", "copy"]
+        v = source(local_input(src), ss=f"{cut.start + 1e-6:.6f}")["V:0"]
+        codec = {"c:v": "copy"}
     else:
         early = 0.25 / fps if fps > 0 else 1e-3
-        vf = ",".join([*([draw] if draw else []), "setpts=PTS-STARTPTS",
-                       "scale=trunc(iw/2)*2:trunc(ih/2)*2", "setsar=1"])
-        seek, codec = f"{max(0.0, cut.start - early):.6f}", ["-vf", vf, *_X264]
-    return _ffmpeg(*SAFE_INPUT, "-ss", seek, "-i", local_input(src), "-map", "0:V:0", "-an", "-sn",
-                   "-dn", *codec, "-fps_mode", "passthrough", "-frames:v", str(cut.frames),
-                   "-f", "mov", "file:" + out)
+        v = source(local_input(src), ss=f"{max(0.0, cut.start - early):.6f}")["V:0"]
+        if draw:
+            v = v.filter("drawtext", **draw)
+        v = (v.filter("setpts", expr="PTS-STARTPTS")
+             .filter("scale", w="trunc(iw/2)*2", h="trunc(ih/2)*2").filter("setsar", 1))
+        codec = _X264
+    return _ffmpeg(v.output("file:" + out, an=None, **_NO_EXTRA, **codec, fps_mode="passthrough",
+                            **{"frames:v": cut.frames}, format="mov"))
 
 
 def audio_piece_cmd(src: str, cut: Cut, out: str) -> list[str]:
     """One ffmpeg writing exactly ``cut.end - cut.start`` s of the first audio stream as PCM WAV
     (``apad`` fills a piece that runs past the end of the audio with silence)."""
-    return _ffmpeg(*SAFE_INPUT, "-ss", f"{cut.start:.6f}", "-i", local_input(src), "-map", "0:a:0",
-                   "-vn", "-sn", "-dn", "-af", "apad", "-t", f"{cut.end - cut.start:.6f}",
-                   "-c:a", "pcm_s16le", "-f", "wav", "file:" + out)
+    a = source(local_input(src), ss=f"{cut.start:.6f}")["a:0"].filter("apad")
+    return _ffmpeg(a.output("file:" + out, vn=None, **_NO_EXTRA, t=f"{cut.end - cut.start:.6f}",
+                            **{"c:a": "pcm_s16le"}, format="wav"))
 
 
 def join_cmd(video_list: str, audio_list: str | None, out: str) -> list[str]:
     """The concat demuxer over the pieces: video copied, audio (when any) encoded to AAC once."""
-    def concat(lst: str) -> list[str]:
-        return ["-protocol_whitelist", "file", "-format_whitelist", _JOIN_FORMATS, "-f", "concat",
-                "-safe", "1", "-i", "file:" + lst]
+    def concat(lst: str):
+        return source("file:" + lst, protocols="file", formats=_JOIN_FORMATS, format="concat", safe=1)
 
-    ins = concat(video_list) + (concat(audio_list) if audio_list else [])
-    aac = ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"] if audio_list else []
-    return _ffmpeg(*ins, "-map", "0:v:0", *aac, "-c:v", "copy", "-movflags", "+faststart",
-                   "-f", "mp4", "file:" + out)
+    streams = [concat(video_list)["v:0"]]
+    aac = {}
+    if audio_list:
+        streams.append(concat(audio_list)["a:0"])
+        aac = {"c:a": "aac", "b:a": "128k"}
+    return _ffmpeg(ffmpeg.output(*streams, "file:" + out, **{"c:v": "copy"}, **aac,
+                                 movflags="+faststart", format="mp4"))
 
 
-def drawtext(font: str, textfile: str, height: int) -> str:
-    """The overlay filter: the text of ``textfile`` top left in a dark box, sized to ``height``."""
+def drawtext(font: str, textfile: str, height: int) -> dict:
+    """The overlay's drawtext options: the text of ``textfile`` top left in a dark box, sized to
+    ``height``. Paths go in as they are: ffmpeg-python escapes them for the filtergraph."""
     px = max(10, round(height / 15))
-    return (f"drawtext=fontfile={_escape(font)}:textfile={_escape(textfile)}:expansion=none"
-            f":fontsize={px}:fontcolor=white:box=1:boxcolor=black@0.6:boxborderw={px // 4}"
-            f":x={px // 2}:y={px // 2}")
+    return {"fontfile": font, "textfile": textfile, "expansion": "none", "fontsize": px,
+            "fontcolor": "white", "box": 1, "boxcolor": "black@0.6", "boxborderw": px // 4,
+            "x": px // 2, "y": px // 2}
 
 
 def inspect(path: str, timeout: float) -> tuple[VideoInfo, bool, Packets]:

@@ -3,7 +3,9 @@
 Pure command builders (unit-testable without ffmpeg) plus one runner, :func:`run`. Frames travel
 through pipes as raw RGB24, never through temp files. Every command reads only a local file: inputs
 are passed as ``file:<abspath>`` under a protocol and demuxer whitelist, so a hostile path or a
-playlist disguised as a video cannot make ffmpeg open URLs or other demuxers' side files.
+playlist disguised as a video cannot make ffmpeg open URLs or other demuxers' side files. ffmpeg
+commands are ffmpeg-python graphs compiled with that guard (``flows.media.video.graph``); ffprobe
+has no graph, its argv is written out here with the same whitelists.
 
 Needs ffmpeg >= 5.1 (``-fps_mode``); the select filter tags every frame it sees with
 ``lavfi.scene_score`` when its expression uses ``scene``, and ``metadata=mode=print`` logs that
@@ -22,13 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from flows.core.errors import ReasonError
+from flows.media.video.graph import DEMUXERS, PROTOCOLS, command, source
 
-# Demuxers for the containers in schema.VIDEO_EXTS (ffmpeg matches any comma-separated name).
-DEMUXERS = "mov,mp4,matroska,webm"
-SAFE_INPUT = ["-protocol_whitelist", "file,pipe", "-format_whitelist", DEMUXERS]
-# "repeat": never fold identical log lines into "Last message repeated N times" (we count lines).
-# "level": prefix "[error]" etc., so decoder errors can be told from informational lines.
-LOGLEVEL = "repeat+level+info"
+# The input guard of an ffprobe argv (ffmpeg inputs get it from graph.source).
+SAFE_INPUT = ["-protocol_whitelist", PROTOCOLS, "-format_whitelist", DEMUXERS]
 _URLISH = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # "http:", "concat:", "subfile:", "file:" ...
 _RECORD = re.compile(r"^\[metadata@(\w+) @ [^\]]*\] (?:\[\w+\] )?(.*)$")
 _FRAME = re.compile(r"frame:\d+\s+pts:(\S+)(?:\s+pts_time:(\S+))?")
@@ -206,27 +205,32 @@ def keyframes_cmd(path: str, out_w: int, out_h: int, scene_threshold: float, int
     Selection runs before scaling so only selected frames are scaled and converted. Cuts closer
     than interval/3 to the previous pick are skipped: at most ~4 frames per interval.
     """
-    vf = (f"select='{select_expr(scene_threshold, interval, interval / 3)}',metadata@kf=mode=print,"
-          f"scale={out_w}:{out_h}:flags=area,setsar=1,format=rgb24")
-    return [*_ffmpeg_video(path, vf), "-frames:v", str(max_frames),
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    v = (video_input(path)
+         .filter("select", expr=select_expr(scene_threshold, interval, interval / 3))
+         .filter("metadata@kf", mode="print")
+         .filter("scale", out_w, out_h, flags="area").filter("setsar", 1).filter("format", "rgb24"))
+    return command(video_output(v, "pipe:1", "vfr", **{"frames:v": max_frames}, format="rawvideo",
+                                pix_fmt="rgb24"))
 
 
 def scene_cmd(path: str, threshold: float) -> list[str]:
     """One pass on a 160-px-wide copy, logging only frames whose scene score > ``threshold``."""
-    vf = f"scale=160:-2,select='gt(scene,{threshold:g})',metadata@cut=mode=print"
-    return [*_ffmpeg_video(path, vf), "-f", "null", "-"]
+    v = (video_input(path).filter("scale", 160, -2)
+         .filter("select", expr=f"gt(scene,{threshold:g})").filter("metadata@cut", mode="print"))
+    return command(video_output(v, "-", "vfr", format="null"))
 
 
-def _ffmpeg_video(path: str, vf: str) -> list[str]:
-    """ffmpeg reading only the first real video stream of ``path`` through the filters ``vf``.
+def video_input(path: str, **options):
+    """The first real video stream of local ``path`` (ffmpeg-python stream; ``options`` are input
+    options such as ``ss=``), read under the guard. ``V`` (capital) skips cover-art streams."""
+    return source(local_input(path), **options)["V:0"]
 
-    ``0:V`` (capital) skips cover-art streams. ``-fps_mode vfr``: otherwise raw/null output would
-    duplicate selected frames to a constant rate.
-    """
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
-            "-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
-            "-fps_mode", "vfr"]
+
+def video_output(stream, url: str, fps_mode: str, **options):
+    """ffmpeg-python output of the video ``stream`` alone to ``url`` (no audio, subtitle or data
+    stream). ``fps_mode``: ``vfr`` or ``passthrough``, since otherwise raw/null output would
+    duplicate selected frames to a constant rate."""
+    return stream.output(url, an=None, sn=None, dn=None, fps_mode=fps_mode, **options)
 
 
 def log_record(line: str, tag: str) -> tuple[str, str, str] | None:

@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from flows.core.schema import FRAME
-from flows.media.video import (LOGLEVEL, SAFE_INPUT, Frame, VideoError, check_limits, local_input, log_record,
-                         output_size, popen, probe, pts_seconds, run)
+from flows.media.video import (Frame, VideoError, check_limits, command, local_input, log_record, output_size, popen,
+                               probe, pts_seconds, run, video_input, video_output)
 
 _TAG = "smp"  # metadata filter instance whose log lines carry the per-frame pts
 _EPS = 1e-3  # of a sampling period: a frame this close before a grid time counts as on it
@@ -100,15 +100,14 @@ def sample_cmd(path: str, out_w: int, out_h: int, fps: float, start: float | Non
     ``metadata=print`` logs only frames that have one. ``-fps_mode passthrough``: no frame
     duplicated or dropped after the log, so frames and records stay in step.
     """
-    seek = ["-ss", f"{start:.6f}"] if start else []
-    span = ["-t", f"{end - (start or 0.0):.6f}"] if end is not None else []
-    cap = ["-frames:v", str(max_frames)] if max_frames is not None else []
-    vf = (f"select='{select_expr(fps)}',settb=AVTB,metadata=mode=add:key=sift:value=1,"
-          f"metadata@{_TAG}=mode=print,scale={out_w}:{out_h}:flags=area,setsar=1,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
-            *seek, "-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
-            "-fps_mode", "passthrough", *span, *cap, "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "pipe:1"]
+    seek = {"ss": f"{start:.6f}"} if start else {}
+    span = {"t": f"{end - (start or 0.0):.6f}"} if end is not None else {}
+    cap = {"frames:v": max_frames} if max_frames is not None else {}
+    v = (video_input(path, **seek).filter("select", expr=select_expr(fps)).filter("settb", "AVTB")
+         .filter("metadata", mode="add", key="sift", value=1).filter(f"metadata@{_TAG}", mode="print")
+         .filter("scale", out_w, out_h, flags="area").filter("setsar", 1).filter("format", "rgb24"))
+    return command(video_output(v, "pipe:1", "passthrough", **span, **cap, format="rawvideo",
+                                pix_fmt="rgb24"))
 
 
 def sample_frames(path: str, fps: float = 2.0, short_edge: int = 448, start: float | None = None,

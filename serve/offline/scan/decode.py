@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from flows.media.video import (LOGLEVEL, SAFE_INPUT, VideoError, error_lines, last_error, local_input, log_record, number,
-                         popen, pts_seconds)
+from flows.media.video import (VideoError, command, error_lines, last_error, log_record, number, popen, pts_seconds,
+                               video_input, video_output)
 from flows.media.video.sample import grid_select, grid_slot
 
 from serve.offline.scan.plan import Chunk
@@ -95,16 +95,14 @@ def scan_cmd(path: str, width: int, height: int, fps: float, chunk: Chunk, thres
     ``threads``: the decoder's (0: ffmpeg's choice, a frame thread per core and more). Chunks run
     in parallel, so one each is the default: on the 10-minute bench video, two chunks at a time
     took 27.0 CPU-s with one thread each and 29.3 with ffmpeg's choice, and less wall time."""
-    seek = ["-ss", f"{chunk.seek:.6f}"] if chunk.seek > 0 else []
-    span = [] if chunk.last else ["-t", f"{chunk.end - chunk.seek + SPAN_MARGIN:.6f}"]
-    vf = (f"select='{select_expr(fps, chunk.seek, threshold, min_gap)}',settb=AVTB,"
-          f"metadata=mode=add:key=sift:value=1,metadata@{TAG}=mode=print,"
-          f"scale={width}:{height}:flags=area,setsar=1,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", LOGLEVEL, *SAFE_INPUT,
-            *(["-threads", str(threads)] if threads else []), *seek, "-i", local_input(path),
-            "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
-            "-fps_mode", "passthrough", *span, "-frames:v", str(max_frames(chunk, fps, min_gap)),
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    seek = {"ss": f"{chunk.seek:.6f}"} if chunk.seek > 0 else {}
+    span = {} if chunk.last else {"t": f"{chunk.end - chunk.seek + SPAN_MARGIN:.6f}"}
+    v = (video_input(path, **seek, **({"threads": threads} if threads else {}))
+         .filter("select", expr=select_expr(fps, chunk.seek, threshold, min_gap)).filter("settb", "AVTB")
+         .filter("metadata", mode="add", key="sift", value=1).filter(f"metadata@{TAG}", mode="print")
+         .filter("scale", width, height, flags="area").filter("setsar", 1).filter("format", "rgb24"))
+    return command(video_output(v, "pipe:1", "passthrough", **span, format="rawvideo", pix_fmt="rgb24",
+                                **{"frames:v": max_frames(chunk, fps, min_gap)}))
 
 
 def parse_log(stderr: str) -> list[tuple[float, float]]:
