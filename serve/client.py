@@ -1,10 +1,13 @@
 """Clients: ``sift classify`` and ``sift score-folder``, against a server or a local model.
 
-    sift classify photo.jpg clips/ [--server http://127.0.0.1:8000] [--json] [--tiles 5]
+    sift classify photo.jpg clips/ [--server http://127.0.0.1:8000] [--json] [--tiles 5] [--out results.csv]
     sift score-folder DIR (--label CLASS | --score) --min 0.6 [--max 1.0] [--copy-to OUT] [--server URL]
 
-Without ``--server`` the model runs in this process (``--model``: an artifact dir or
-``models:/sift-classifier@champion``), through the same Predictor the server uses.
+With ``--server`` images go in requests of ``--batch`` files, ``--concurrency`` at once, retried on
+503 and lost connections (``serve.bulk``). Without it the model runs in this process (``--model``: an
+artifact dir or ``models:/sift-classifier@champion``), through the same Predictor the server uses.
+Either way the output keeps the order of the files given; ``--out`` writes one row per file
+(``serve.outfile``).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from flows.core.config import ConfigError
 from flows.core.errors import SiftError
 from flows.core.schema import IMAGE_EXTS, VIDEO_EXTS
 
+from serve.bulk import Remote, Retry
+from serve.outfile import out_format, row, write
+
 
 def media_files(paths: list[str]) -> list[Path]:
     """Files given directly, plus image/video files found recursively in given folders (sorted)."""
@@ -34,29 +40,18 @@ def media_files(paths: list[str]) -> list[Path]:
     return out
 
 
-class Remote:
-    """Talks to a running sift API."""
+class OneByOne:
+    """``classify_many`` for the in-process backends: one file at a time, in order."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
-        import httpx
-
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-
-    def classify(self, path: Path, tiles: int = 1) -> dict:
-        data = path.read_bytes()
-        if path.suffix.lower() in VIDEO_EXTS:
-            r = self.http.post("/v1/classify/video", files={"file": (path.name, data)})
-            body = r.json()
-            return body if r.status_code == 200 else {"status": r.status_code, **body}
-        r = self.http.post("/v1/classify", files=[("files", (path.name, data))], params={"tiles": tiles})
-        body = r.json()
-        if r.status_code != 200:
-            return {"status": r.status_code, **body}
-        return body["results"][0]
+    def classify_many(self, files: list[Path], tiles: int = 1, done=None):
+        for f in files:
+            r = self.classify(f, tiles)
+            if done is not None:
+                done(1)
+            yield r
 
 
-class Local:
+class Local(OneByOne):
     """Runs the model in-process with the server's own code path."""
 
     def __init__(self, model: str, tracking_uri: str | None = None, overrides: tuple[str, ...] = ()):
@@ -105,7 +100,7 @@ class Local:
                                             window=self.cfg.video_smooth, scores=scores)
 
 
-class Prompts:
+class Prompts(OneByOne):
     """Zero-shot from text prompts (``--prompts``): a CLIP checkpoint with a text tower, no training."""
 
     def __init__(self, model: str, prompts: list[str]):
@@ -134,6 +129,8 @@ class Prompts:
 
 
 def backend(args) -> Remote | Local | Prompts:
+    """The backend the arguments ask for, checked before any file is sent: a server that answers
+    (SiftError otherwise), or a model that exists (serve.preflight)."""
     if getattr(args, "prompts", None):
         if args.server:
             raise ConfigError("--prompts runs locally: leave out --server")
@@ -144,8 +141,58 @@ def backend(args) -> Remote | Local | Prompts:
     if args.server:
         if args.overrides:
             raise ConfigError("--set applies to local mode; a server has its own settings (sift serve threshold_BAD=...)")
-        return Remote(args.server, args.token or os.environ.get("SIFT_API_TOKEN"))
+        if args.retries < 0:
+            raise ConfigError(f"--retries {args.retries}: must be >= 0")
+        remote = Remote(args.server, args.token or os.environ.get("SIFT_API_TOKEN"), batch=args.batch,
+                        concurrency=args.concurrency, retry=Retry(tries=args.retries + 1))
+        remote.check()
+        return remote
+    from serve.preflight import check_model
+
+    check_model(args.model, args.tracking_uri, "--model")
     return Local(args.model, args.tracking_uri, tuple(args.overrides))
+
+
+def results(be, files: list[Path], tiles: int, quiet: bool):
+    """``(file, result)`` in the order of ``files`` and a ``say(line)`` that prints to stdout; with a
+    progress bar on stderr when it is a terminal and not ``quiet`` (``say`` prints above the bar)."""
+    bar = None
+    if not quiet and sys.stderr.isatty() and files:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", file=sys.stderr, leave=False)
+
+    def say(line: str, file=None) -> None:
+        if bar is not None:
+            bar.write(line, file=file or sys.stdout)
+        else:
+            print(line, file=file or sys.stdout, flush=True)
+
+    def pairs():
+        try:
+            yield from zip(files, be.classify_many(files, tiles, bar.update if bar is not None else None))
+        finally:
+            if bar is not None:
+                bar.close()
+            if isinstance(be, Remote):
+                be.close()
+
+    return pairs(), say
+
+
+def out_path(args) -> Path | None:
+    """``--out``, its format checked (suffix) and its place writable: before any work."""
+    if not args.out:
+        return None
+    from flows.core.preflight import output
+
+    out_format(args.out)
+    return output(args.out, "--out", "file")
+
+
+def write_out(path: Path | None, rows: list[dict], say) -> None:
+    if path is not None:
+        say(f"{len(rows)} rows -> {write(path, rows)}")
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
@@ -154,6 +201,13 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="models:/sift-classifier@champion", help="local mode: artifact dir or models:/ URI")
     ap.add_argument("--tracking-uri")
     ap.add_argument("--tiles", type=int, default=1, choices=(1, 5))
+    ap.add_argument("--out", metavar="FILE", help="also write one row per file: results.csv, .parquet or .jsonl")
+    ap.add_argument("--batch", type=int, default=32, help="with --server: images per request (the API takes up "
+                    "to its max_items, 64 by default)")
+    ap.add_argument("--concurrency", type=int, default=4, help="with --server: requests in flight")
+    ap.add_argument("--retries", type=int, default=4, help="with --server: retries of a request after a 503 or "
+                    "a lost connection (exponential back-off); then its files are reported failed")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="local mode: a serve setting, e.g. the operating point: --set threshold_BAD=0.6, "
                          "--set max_rate=0.01, --set fallback=NEUTRAL (the server uses its own)")
@@ -173,22 +227,27 @@ def classify_main(argv=None) -> int:
         args.prompts = [p for p in args.prompts if "=" in p]
     if not args.paths:
         ap.error("give at least one file or folder")
-    be, files = backend(args), media_files(args.paths)
-    failed = 0
-    for f in files:
-        r = be.classify(f, args.tiles)
+    out = out_path(args)
+    files = media_files(args.paths)
+    be = backend(args)
+    failed, rows = 0, []
+    pairs, say = results(be, files, args.tiles, args.quiet)
+    for f, r in pairs:
         failed += "error" in r
+        if out:
+            rows.append(row(f, r))
         if args.json:
-            print(json.dumps({"path": str(f), **r}), flush=True)
+            say(json.dumps({"path": str(f), **r}))
         elif "error" in r:
-            print(f"{str(f):60s} ERROR {r.get('status', '')} {r['error']['code']}: {r['error']['message']}")
+            say(f"{str(f):60s} ERROR {r.get('status') or ''} {r['error']['code']}: {r['error']['message']}")
         else:
             probs = "  ".join(f"{c}={p:.2f}" for c, p in r["probs"].items())
             extra = f"  score={r['score']:.3f}" if "score" in r else ""
             extra += f"  tags={','.join(r['tags']) or '-'}" if "tags" in r else ""
             extra += f"  ({len(r['segments'])} segments)" if "segments" in r else ""
             label = r["label"] + ("?" if r.get("uncertain") else "")  # ?: no class reached its threshold
-            print(f"{str(f):60s} {label:10s} {probs}{extra}", flush=True)
+            say(f"{str(f):60s} {label:10s} {probs}{extra}")
+    write_out(out, rows, lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
     return 1 if failed == len(files) and files else 0
 
 
@@ -206,12 +265,22 @@ def score_folder_main(argv=None) -> int:
     ap.add_argument("--copy-to", help="copy matching files here (folder structure kept)")
     _common(ap)
     args = ap.parse_args(argv)
-    be, root = backend(args), Path(args.folder)
-    scored = []
-    for f in media_files([args.folder]):
-        r = be.classify(f, args.tiles)
+    from flows.core.preflight import existing
+
+    root, out = existing(args.folder, "folder", "dir"), out_path(args)
+    if args.copy_to:
+        from flows.core.preflight import output
+
+        output(args.copy_to, "--copy-to")
+    files = media_files([args.folder])
+    be = backend(args)
+    scored, rows = [], []
+    pairs, say = results(be, files, args.tiles, args.quiet)
+    for f, r in pairs:
+        if out:
+            rows.append(row(f, r))
         if "error" in r:
-            print(f"skip {f}: {r['error']['code']}", file=sys.stderr)
+            say(f"skip {f}: {r['error']['code']}", file=sys.stderr)
             continue
         if args.score and "score" not in r:
             raise ConfigError("--score: the model has no score head (train it with score_head=true)")
@@ -230,4 +299,5 @@ def score_folder_main(argv=None) -> int:
     print(f"{len(picked)} of {len(scored)} files with {'score' if args.score else args.label} in "
           f"[{args.lo}, {args.hi}]"
           + (f" copied to {args.copy_to}" if args.copy_to else ""))
+    write_out(out, rows, print)
     return 0

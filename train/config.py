@@ -136,7 +136,8 @@ class TrainConfig:
     # Ray Train
     num_workers: int = knob(1, lo=1, hi=4096)
     cpus_per_worker: float = knob(1.0, lo=0.1, hi=256)
-    use_gpu: str = knob("auto", choices=("auto", "true", "false"))
+    use_gpu: str = knob("auto", choices=("auto", "true", "false"),
+                        help="auto: GPUs when the cluster has them; YAML true/false, yes/no, 1/0 are taken too")
     cache_actors: int = knob(1, lo=1, hi=1024)
     # the embedding cache's engine: torch (exact), or the frozen backbone exported to ONNX Runtime
     # (fp32, INT8; auto takes INT8 when its embeddings' cosine to torch is >= 0.999 on a sample)

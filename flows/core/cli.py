@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "make-corpus": ("flows.corpus", "write the deterministic synthetic media corpus"),
@@ -28,16 +29,40 @@ COMMANDS = {
 }
 
 
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
-    return f"usage: sift COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n`sift COMMAND --help` for details."
+    return (f"usage: sift COMMAND [ARGS...]   (sift --version: the installed version)\n\ncommands:\n{rows}"
+            "\n\n`sift COMMAND --help` for details.")
+
+
+def version(dist: str = "sift") -> str:
+    """The installed distribution's version; from a checkout that is not installed, pyproject's
+    ``[project] version`` (``"unknown"`` when neither is there)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
+    except (ImportError, OSError, KeyError, ValueError):  # tomllib: Python >= 3.11
+        return "unknown"
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"sift {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -49,19 +49,54 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Convert a YAML value to the field's declared type; raise ConfigError if it cannot be."""
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def as_bool(value: Any) -> bool | None:
+    """A YAML bool, 0 / 1, or one of true/false/yes/no/on/off/1/0 (any case) -> that bool; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+    return None
+
+
+def _bool_choice(value: Any, choices: tuple | None) -> Any:
+    """For a str knob whose choices spell both a true and a false word (``use_gpu``: auto|true|false):
+    a boolean-looking value -> that choice as written (``True``, ``"yes"``, ``1`` -> ``"true"``), so a YAML
+    ``use_gpu: true`` (a bool) and ``use_gpu=yes`` land on the same string. Other values pass unchanged."""
+    if not choices or isinstance(value, str) and value in choices:
+        return value
+    spelled = {w: c for c in choices if isinstance(c, str) for w in (c.lower(),) if w in TRUE_WORDS + FALSE_WORDS}
+    yes = next((c for w, c in spelled.items() if w in TRUE_WORDS), None)
+    no = next((c for w, c in spelled.items() if w in FALSE_WORDS), None)
+    b = as_bool(value) if yes is not None and no is not None else None
+    return value if b is None else (yes if b else no)
+
+
+def _coerce(name: str, value: Any, hint: Any, choices: tuple | None = None) -> Any:
+    """Convert a YAML value to the field's declared type; raise ConfigError if it cannot be.
+
+    Booleans are lenient the same way from a file and from ``key=value``: a bool knob takes YAML
+    bools and true/false/yes/no/on/off/1/0; a str knob with boolean-looking choices maps those onto
+    its choices (:func:`_bool_choice`)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
+        return _coerce(name, value, inner[0], choices)
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        b = as_bool(value)
+        if b is not None:
+            return b
+        raise ConfigError(f"{name}: expected true/false (or yes/no, on/off, 1/0), got {value!r}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
@@ -71,6 +106,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        value = _bool_choice(value, choices)
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return str(value)
@@ -80,7 +116,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        return tuple(_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+        return tuple(_coerce(f"{name}[{i}]", v, item, choices) for i, v in enumerate(value))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
@@ -119,7 +155,7 @@ def build(cls: type[T], values: dict[str, Any], *, where: str = "config",
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        coerced = _coerce(name, value, hints[name])
+        coerced = _coerce(name, value, hints[name], fields[name].metadata.get("choices"))
         _check(name, coerced, fields[name].metadata)
         kwargs[name] = coerced
     obj = cls(**kwargs)

@@ -304,6 +304,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-broken", dest="broken", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = p.parse_args(argv)
+    from flows.core.preflight import output
+
+    output(a.out, "out", create=True)
     start = time.perf_counter()
     summary = make_corpus(a.out, a.images, a.videos, seed=a.seed, size=a.size, labeled=a.labeled,
                           noisy=a.noisy, label_noise=a.label_noise, broken=a.broken, workers=a.workers,

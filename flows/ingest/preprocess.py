@@ -197,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
+    from flows.core.preflight import existing, output
+
+    existing(args.input, "--input")
+    output(args.output, "--output")
     cfg = load_preprocess(args.config, args.overrides)
     manifest = run(args.input, args.output, cfg, num_cpus=args.num_cpus)
     print(summary(manifest))

@@ -249,6 +249,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from flows.core.preflight import existing, output
+
+    if args.config:
+        existing(args.config, "--config", "file")
+    if args.to:
+        output(args.to, "--to")
     pairs = [a for a in args.args if re.match(r"^[A-Za-z_]\w*=", a)]
     cfg, recipe = load_settings(args.recipe, args.config, pairs, args.max_items)
     urls = list(dict.fromkeys([*recipe.start_urls, *(a for a in args.args if a not in pairs)]))

@@ -150,8 +150,16 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_intermixed_args(argv)
+    from flows.core.preflight import existing, output
+
+    from serve.preflight import check_model
+
+    resolve_input(existing(args.input, "--input"))
+    output(args.output, "--output", "file")
     over = [*args.overrides, *[f"model={args.model}"] * bool(args.model)]
-    s = run(args.input, args.output, load_predict(args.config, over), num_cpus=args.num_cpus)
+    cfg = load_predict(args.config, over)
+    check_model(cfg.model, cfg.tracking_uri or None, "--model" if args.model else "model")
+    s = run(args.input, args.output, cfg, num_cpus=args.num_cpus)
     print(f"[predict] {s['rows']} rows in {s['wall_s']:.1f} s ({s['rows_per_s']:.1f} rows/s); labels "
           f"{s['labels']}; errors {s['errors'] or 'none'} -> {s['output']}")
     return 0

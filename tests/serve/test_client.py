@@ -113,3 +113,37 @@ def test_classify_against_the_server(api, folder, capsys):
     assert classify_main([str(folder / "p0.jpg"), str(folder / "broken.jpg"), "--server", url]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "ERROR 415 not_media" in out[1] and out[0].split()[1] in ("BAD", "NEUTRAL", "GOOD")
+
+
+def test_classify_a_folder_against_the_server_in_concurrent_batches(api, folder, trained, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    url, out = str(api.base_url), tmp_path / "results.parquet"
+    assert classify_main([str(folder), "--server", url, "--batch", "2", "--concurrency", "3", "--json",
+                          "--out", str(out)]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    files = [str(f) for f in media_files([str(folder)])]
+    assert [l["path"] for l in lines] == files  # the input order, whatever order the batches finished in
+    broken = lines[files.index(str(folder / "broken.jpg"))]
+    assert broken["status"] == 415 and broken["error"]["code"] == "not_media"
+    ok = [l for l in lines if "label" in l]
+    assert len(ok) == 4 and all(abs(sum(l["probs"].values()) - 1) < 1e-5 for l in ok)
+    rows = pq.read_table(out).to_pylist()
+    assert [r["path"] for r in rows] == files
+    assert [r["status"] for r in rows] == [415 if "broken" in f else 200 for f in files]
+    assert all(r["prob_BAD"] == pytest.approx(l["probs"]["BAD"]) for r, l in zip(rows, lines) if "label" in l)
+    # the same model in this process gives the same answers
+    assert classify_main([str(folder), "--json", "--model", trained["model"]]) == 0
+    local = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    for remote_line, local_line in zip(lines, local):
+        assert remote_line.get("label") == local_line.get("label")
+        for c, p in remote_line.get("probs", {}).items():
+            assert abs(p - local_line["probs"][c]) < 1e-3
+
+
+def test_a_request_whose_every_item_failed_is_still_read_per_item(api, folder, capsys):
+    url = str(api.base_url)
+    assert classify_main([str(folder / "broken.jpg"), str(folder / "notes.txt"), "--server", url, "--json"]) == 1
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["path"].rsplit("/", 1)[1] for l in lines] == ["broken.jpg", "notes.txt"]
+    assert all(l["status"] == 415 and l["error"]["code"] == "not_media" for l in lines), lines

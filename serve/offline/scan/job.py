@@ -233,8 +233,19 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     args = ap.parse_intermixed_args(argv)
     videos, over = split_inputs(args.inputs)
+    from flows.core.preflight import existing, output
+
+    from serve.preflight import check_model
+
+    for v in videos:  # a missing file is a typo to fix now; a broken video is one failed item of the run
+        existing(v, "video", "file")
+    output(args.output, "--output")
+    if args.export_spans:
+        output(args.export_spans, "--export-spans", "file")
     over += [f"model={args.model}"] * bool(args.model) + [f"fps={args.fps}"] * (args.fps is not None)
-    summary = run(videos, args.output, load_scan(args.config, over), reel=args.reel,
+    cfg = load_scan(args.config, over)
+    check_model(cfg.model, cfg.tracking_uri or None, "--model" if args.model else "model")
+    summary = run(videos, args.output, cfg, reel=args.reel,
                   overlay=not args.no_overlay, num_cpus=args.num_cpus)
     print(f"[scan] {len(summary['videos'])} scanned, {len(summary['errors'])} failed "
           f"in {summary['wall_s']:.1f} s -> {Path(args.output) / 'scan.json'}")
