@@ -67,16 +67,34 @@ class Local(OneByOne):
                                    runtime=self.cfg.runtime_kwargs())
 
     def classify(self, path: Path, tiles: int = 1) -> dict:
+        return next(self.classify_many([path], tiles))
+
+    def classify_many(self, files: list[Path], tiles: int = 1, done=None, batch: int = 16):
+        """Results in the order of ``files``: images prepared one by one and classified ``batch`` at a
+        time (one forward per batch, as the server's batcher does), videos one by one; a file that
+        cannot be read or decoded gets its own error."""
         from serve.predictor import ApiError, prepare_image
 
-        data = path.read_bytes()
-        try:
-            if path.suffix.lower() in VIDEO_EXTS:
-                return self._video(path)
-            arr = prepare_image(data, self.limits, self.predictor.model.input_edge(tiles))
-        except ApiError as exc:
-            return {"status": exc.status, **exc.body()}
-        return self.predictor.classify([arr], tiles=tiles)[0]
+        for i in range(0, len(files), batch):
+            chunk = files[i:i + batch]
+            out: list[dict | None] = [None] * len(chunk)
+            arrays, where = [], []
+            for k, f in enumerate(chunk):
+                try:
+                    if f.suffix.lower() in VIDEO_EXTS:
+                        out[k] = self._video(f)
+                    else:
+                        arrays.append(prepare_image(f.read_bytes(), self.limits, self.predictor.model.input_edge(tiles)))
+                        where.append(k)
+                except ApiError as exc:
+                    out[k] = {"status": exc.status, **exc.body()}
+                except OSError as exc:
+                    out[k] = {"status": 400, "error": {"code": "unreadable", "message": f"{f}: {exc.strerror or exc}"}}
+            for k, r in zip(where, self.predictor.classify(arrays, tiles=tiles) if arrays else []):
+                out[k] = r
+            if done is not None:
+                done(len(chunk))
+            yield from out
 
     def _video(self, path: Path) -> dict:
         """The server's video path (``predictor.video_stream``: the same limits and statuses, frames

@@ -66,6 +66,22 @@ def test_classify_locally_on_each_runtime(folder, trained, capsys, runtime):
         assert max(diffs) > 1e-4
 
 
+def test_local_mode_classifies_in_batches_with_the_answers_of_one_at_a_time(folder, trained, tmp_path):
+    from serve.client import Local
+
+    files = media_files([str(folder)]) + [tmp_path / "gone.jpg"]  # a file deleted after listing
+    local = Local(trained["model"], overrides=("runtime=torch",))
+    one = list(local.classify_many(files, batch=1))
+    seen = []
+    many = list(local.classify_many(files, batch=3, done=seen.append))
+    assert seen == [3, 3] and len(many) == len(one) == 6
+    for a, b in zip(one, many):
+        assert a.get("label") == b.get("label") and a.get("status") == b.get("status")
+        if "probs" in a:
+            assert max(abs(a["probs"][c] - b["probs"][c]) for c in a["probs"]) < 1e-4
+    assert [r.get("status") for r in many].count(415) == 1 and many[-1]["error"]["code"] == "unreadable"
+
+
 def test_classify_a_video_locally_gives_its_timeline(trained, tmp_path, capsys):
     path = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:d=4", "-pix_fmt", "yuv420p",
