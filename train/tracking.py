@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +20,11 @@ from flows.core.errors import SiftError
 from .config import state_dir
 
 SELECTION = "val_selection"  # the metric promotion compares (higher is better)
-PIP_REQUIREMENTS = ["torch", "transformers", "pillow", "numpy", "pandas", "ultralytics", "onnxruntime", "onnx"]
+# What the logged pyfunc imports when it loads and predicts, as distribution names: the import
+# closure of train.artifact (torch; flows.media.images -> pillow, numpy, ImageHash; flows.core.config
+# -> PyYAML), the wrapper itself (pandas, mlflow) and cloudpickle, which unpickles the python model.
+# :func:`pip_requirements` adds the backbone's library and what the artifact's extras need.
+PYFUNC_REQUIREMENTS = ("mlflow", "cloudpickle", "torch", "numpy", "pandas", "pillow", "ImageHash", "PyYAML")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -71,21 +77,102 @@ def _pyfunc_class():
     return SiftPyfunc
 
 
+def pinned(name: str) -> str:
+    """``name==installed version``. A local version label is dropped (``2.13.0+cpu`` -> ``==2.13.0``):
+    no public index serves ``+cpu``, and by PEP 440 a public ``==2.13.0`` still matches a
+    ``2.13.0+cpu`` wheel where an index or find-links offers one. SiftError when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        return f"{name}=={Version(version(name)).public}"
+    except PackageNotFoundError:
+        raise SiftError(f"the model needs {name} at load time, and it is not installed here",
+                        reason="missing_requirement") from None
+
+
+def pip_requirements(artifact_dir: Path) -> list[str]:
+    """The pinned requirements of the pyfunc around the artifact at ``artifact_dir``: the base set;
+    torchvision for a torchvision CNN backbone, else transformers (an HF tower; without torchvision
+    its image processor is the PIL one, and sift reads only its crop, mean and std); onnxruntime when
+    ONNX graphs were exported (``runtime=auto`` runs them on a CPU); ultralytics when the artifact
+    carries a face detector (+ onnx and onnxruntime for an .onnx one: Ultralytics' ONNX backend
+    checks both and would try to pip-install a missing one at load)."""
+    from .artifact import META
+    from .backbones import SIFT_JSON
+
+    meta = json.loads((Path(artifact_dir) / META).read_text())
+    cnn = (Path(artifact_dir) / "backbone" / SIFT_JSON).is_file()  # how backbones.load tells them apart
+    names = [*PYFUNC_REQUIREMENTS, "torchvision" if cnn else "transformers"]
+    if meta.get("runtimes"):
+        names.append("onnxruntime")
+    faces = meta.get("faces")
+    if faces:
+        names.append("ultralytics")
+        if str(faces.get("weights", "")).endswith(".onnx"):
+            names += ["onnx", "onnxruntime"]
+    return [pinned(n) for n in dict.fromkeys(names)]
+
+
+def code_paths() -> list[str]:
+    """The source the pyfunc imports, as whole package dirs: ``train`` (the artifact code) and
+    ``flows`` (what train imports: image decoding, config, errors). Never ``serve``: train does not
+    import it. MLflow copies them under the model's ``code/`` and puts that first on sys.path."""
+    import flows
+
+    return [str(Path(__file__).resolve().parent), str(Path(flows.__file__).resolve().parent)]
+
+
 def log_and_register(mlflow, artifact_dir: Path, model_name: str, classes: list[str], example_jpeg: bytes,
                      alias: str | None = "candidate") -> str:
-    """Log the artifact as a pyfunc model with its signature, register it, alias it ``alias``."""
+    """Log the artifact as a pyfunc model with its signature, register it, alias it ``alias``.
+
+    The model stands alone: its code (``code_paths``) and pinned requirements travel with it, and
+    the artifact is copied in (``artifacts/<its dir name>``, resolved against the model dir at load), so
+    ``mlflow models predict|serve --env-manager uv`` runs it in a fresh environment on any machine.
+    The input example is a DataFrame with one base64 JPEG in column ``image``."""
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({"image": [base64.b64encode(example_jpeg).decode()]})
     output = pd.DataFrame([{"label": classes[0], **{c: 1.0 / len(classes) for c in classes}}])
     info = mlflow.pyfunc.log_model(
         name="model", python_model=_pyfunc_class()(), artifacts={"model": str(artifact_dir)},
-        signature=infer_signature(example, output), input_example=example,
-        pip_requirements=PIP_REQUIREMENTS, registered_model_name=model_name)
+        signature=infer_signature(example, output), input_example=example, code_paths=code_paths(),
+        pip_requirements=pip_requirements(artifact_dir), registered_model_name=model_name)
     version = str(info.registered_model_version)
     if alias:
         mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
     return version
+
+
+def manifest_digest(data_dir: Path) -> str:
+    """32 hex chars of the sha256 of ``DATA/manifest.json``: preprocess writes the manifest last,
+    after the shards, so it identifies one published output (MLflow keeps at most 36 chars)."""
+    import hashlib
+
+    return hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()[:32]
+
+
+def log_training_data(mlflow, data_dir: Path) -> str:
+    """Record on the active run what it trains on: a dataset input (context ``training``) named after
+    the data dir, its source the dir, its digest :func:`manifest_digest`, its rows the manifest's
+    item counts per (class, split). Returns the digest."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    data_dir = Path(data_dir).resolve()
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    counts = [(*k.rsplit("/", 1), int(v)) for k, v in (manifest.get("by_class_split") or {}).items()]
+    table = pd.DataFrame(counts, columns=["label", "split", "items"]).astype({"items": "int64"})
+    digest = manifest_digest(data_dir)
+    with warnings.catch_warnings():
+        # MLflow's noise, not ours: a local path matches its two local-file sources (both the same
+        # class), and it hints that an integer column cannot hold a missing value (counts have none)
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message=".*integer column")
+        ds = from_pandas(table, source=str(data_dir), name=f"sift-preprocess:{data_dir.name}", digest=digest)
+        mlflow.log_input(ds, context="training")  # the schema is inferred here
+    return digest
 
 
 def find_artifact(root: Path) -> Path:

@@ -204,6 +204,7 @@ def _start_run(ctx: RunContext):
                            "classes_list": ",".join(ctx.classes)})
         mlflow.set_tags({"sift.stage": "train", "sift.backbone_dir": ctx.backbone_dir, **ctx.mlflow_tags})
         _log_corrections(mlflow, ctx.corrections)
+        tracking.log_training_data(mlflow, ctx.data_dir)  # the run's dataset input: what it trained on
     return mlflow, run
 
 

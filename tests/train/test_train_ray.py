@@ -64,6 +64,18 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
 
     got, _, _ = resolve_model(f"models:/sift-classifier/{s['version']}")
     assert (got / rt["onnx-int8"]["file"]).exists()
+    # the registered model stands alone: sift's code and the pinned requirements of what it loads
+    # (a face detector and ONNX graphs here) travel with it (tests/train/test_portable_model.py)
+    root = got.parent.parent
+    reqs = {r.split("==")[0] for r in (root / "requirements.txt").read_text().split()}
+    assert {"mlflow", "torch", "transformers", "ultralytics", "onnxruntime"} <= reqs
+    assert (root / "code" / "train" / "artifact.py").is_file() and not (root / "code" / "serve").exists()
+    # the run says what it trained on: the preprocess output, by its manifest's digest
+    from train.tracking import manifest_digest
+
+    (data_input,) = run.inputs.dataset_inputs
+    assert data_input.dataset.digest == manifest_digest(run.data.params["data"])
+    assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "training"
 
 
 @pytest.mark.slow
