@@ -148,7 +148,7 @@ class Prompts(OneByOne):
 
 def backend(args) -> Remote | Local | Prompts:
     """The backend the arguments ask for, checked before any file is sent: a server that answers
-    (SiftError otherwise), or a model that exists (serve.preflight)."""
+    (SiftError otherwise), or a model that exists (train.preflight)."""
     if getattr(args, "prompts", None):
         if args.server:
             raise ConfigError("--prompts runs locally: leave out --server")
@@ -165,7 +165,7 @@ def backend(args) -> Remote | Local | Prompts:
                         concurrency=args.concurrency, retry=Retry(tries=args.retries + 1))
         remote.check()
         return remote
-    from serve.preflight import check_model
+    from train.preflight import check_model
 
     check_model(args.model, args.tracking_uri, "--model")
     return Local(args.model, args.tracking_uri, tuple(args.overrides))

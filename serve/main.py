@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     if os.environ.get("SIFT_API_TOKEN") and not any(o.startswith("token=") for o in overrides):
         overrides.append(f"token={os.environ['SIFT_API_TOKEN']}")
     cfg = load_serve(args.config, overrides)
-    from serve.preflight import check_model
+    from train.preflight import check_model
 
     check_model(cfg.model, cfg.tracking_uri or None)  # before Ray: a replica would fail on it, minutes later
     start(cfg)

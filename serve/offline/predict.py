@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     args = ap.parse_intermixed_args(argv)
     from flows.core.preflight import existing, output
 
-    from serve.preflight import check_model
+    from train.preflight import check_model
 
     resolve_input(existing(args.input, "--input"))
     output(args.output, "--output", "file")

@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from flows.core.errors import SiftError
+
 
 @pytest.mark.slow
 def test_export_a_local_artifact_and_a_registered_version(trained, preprocessed, tmp_path, capsys):
@@ -26,8 +28,10 @@ def test_export_a_local_artifact_and_a_registered_version(trained, preprocessed,
     assert rt["onnx"]["agreement"] == 1.0 and rt["onnx-int8"]["n"] > 0
     assert SiftModel(old, runtime="onnx").predict([open(next(iter(sorted(
         (preprocessed[0] / "GOOD").glob("img_*.jpg")))), "rb").read()])[0]["label"]
-    with pytest.raises(Exception, match="no such artifact"):
+    with pytest.raises(SiftError, match="no such folder"):
         main([str(tmp_path / "missing")])
+    with pytest.raises(SiftError, match="not in the MLflow registry"):
+        main(["models:/no-such-model@champion"])
 
     # a registered version: a new version of the same run with onnx/, the aliases follow it
     client = use().MlflowClient()

@@ -59,9 +59,10 @@ def main(argv=None) -> int:
     from ..artifact import META
     from .export import export_artifact, flat_metrics
 
+    from ..preflight import check_model
+
     registered = args.model.startswith("models:/")
-    if not registered and not Path(args.model).exists():
-        raise SiftError(f"{args.model}: no such artifact dir", reason="bad_input")
+    check_model(args.model, args.tracking_uri)  # one line for a missing dir or an unregistered model
     mlflow = tracking.use(args.tracking_uri) if registered or not args.data else None
     path, name, version = tracking.resolve_model(args.model, args.tracking_uri)
     meta = json.loads((path / META).read_text())

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     videos, over = split_inputs(args.inputs)
     from flows.core.preflight import existing, output
 
-    from serve.preflight import check_model
+    from train.preflight import check_model
 
     for v in videos:  # a missing file is a typo to fix now; a broken video is one failed item of the run
         existing(v, "video", "file")

@@ -1,4 +1,4 @@
-"""The model a serve-side command names, checked before Ray starts or a replica tries to load it.
+"""The model a command names, checked before Ray starts or a replica tries to load it.
 
 ``sift serve model=/nope``, ``sift predict --model models:/x@champion`` with no such version: one line
 and exit 2, instead of a deploy that fails in a replica or an MLflow traceback.
@@ -15,7 +15,7 @@ from flows.core.preflight import existing
 def check_model(uri: str, tracking_uri: str | None = None, what: str = "model") -> None:
     """A local artifact dir must hold a sift model; ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
     must name a version in the registry (looked up, not downloaded). SiftError otherwise."""
-    from train.tracking import find_artifact, model_version, tracking_uri as store_uri, use
+    from .tracking import find_artifact, model_version, tracking_uri as store_uri, use
 
     if not uri.startswith("models:/"):
         find_artifact(existing(uri, what, "dir"))
