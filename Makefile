@@ -20,10 +20,12 @@ export PYTHONUNBUFFERED := 1
 
 setup: system venv
 
-# ffmpeg (video) and Chromium (scraper) come from the system packages when missing.
+# ffmpeg (video), Chromium (scraper) and rsync (the cluster launcher's file sync, tested) come from
+# the system packages when missing.
 system:
 	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	 command -v rsync >/dev/null || missing="$$missing rsync"; \
 	 if [ -n "$$missing" ]; then \
 	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	     echo "installing$$missing (apt-get)"; \

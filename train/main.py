@@ -125,6 +125,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from flows.core.gpus import resolve_use_gpu
+
     from . import corrections, tracking
     from .cache import build_cache, cache_key
     from .faces import feature_names
@@ -202,7 +204,7 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         relabel=relabel, corrections=used, zero_shot=prompts, mlflow_tags=dict(tags or {}), **counts)
     if used is not None:
         corrections.write(used, Path(ctx.out_dir))
-    gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    gpu = resolve_use_gpu(cfg.use_gpu)  # auto: GPUs now, or GPU nodes the autoscaler can add
     print(f"[train] {run_name}: {counts} backbone={cfg.backbone} faces={bool(faces)} "
           f"workers={cfg.num_workers} gpu={gpu} mean_teacher={cfg.mean_teacher}", flush=True)
     trainer = TorchTrainer(
@@ -253,6 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: 2 x cores)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
+    read_data_manifest(Path(args.data))  # checked first: before the config, the backbone, the cache and Ray
     cfg = load_train(args.config, args.overrides)
     summary = run(cfg, args.data, args.tracking_uri, args.num_cpus)
     print(table(summary))

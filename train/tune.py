@@ -218,8 +218,7 @@ def conclude(client, p: Plan, parent: str, name: str, results) -> tuple[list[dic
 def execute(p: Plan, tracking_uri: str | None = None, num_cpus: int | None = None) -> dict:
     """Run the search: Ray, the concurrency budget, the cache, the parent run, the trials, the
     candidate. Returns a summary."""
-    import ray
-
+    from flows.core.gpus import cluster_view, reachable, use_gpu
     from flows.core.runtime import init_ray
 
     from . import tracking
@@ -228,9 +227,12 @@ def execute(p: Plan, tracking_uri: str | None = None, num_cpus: int | None = Non
     client = mlflow.MlflowClient()
     name = p.cfg.run_name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     init_ray(num_cpus)
-    gpu = p.cfg.use_gpu == "true" or (p.cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    # an autoscaling cluster is sized by what it can grow to (its node types at their limits), not by
+    # the nodes up now: the head alone has no CPU for trials in cluster.yaml, and no GPU until asked
+    resources, node_types, max_workers = cluster_view()
+    gpu = use_gpu(p.cfg.use_gpu, resources, node_types)
     need = search.per_trial(p.cfg.num_workers, p.cfg.cpus_per_worker, gpu)
-    concurrent = search.concurrency(ray.cluster_resources(), need, p.settings.max_concurrent)
+    concurrent = search.concurrency(reachable(resources, node_types, max_workers), need, p.settings.max_concurrent)
     warm_cache(p.cfg, p.data, tracking_uri)
     parent = start_parent(mlflow, p, name)
     job = {"config": p.config, "overrides": p.overrides, "data": str(p.data), "parent": parent, "name": name,
