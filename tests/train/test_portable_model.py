@@ -161,19 +161,10 @@ def test_a_run_records_its_training_data_with_the_manifest_digest(tmp_path, stor
 
 
 def _uv_env_from_pip() -> dict[str, str]:
-    """pip's index settings (pip.conf, PIP_* variables) as uv's variables, which uv reads instead;
-    a UV_* already set wins. Best version over all indexes, as pip resolves."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-    conf = {}
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        conf[key.rsplit(".", 1)[-1]] = value.strip().strip("'\"")
-    env = {"UV_INDEX_STRATEGY": "unsafe-best-match"}
-    for pip_key, uv_key, sep in (("index-url", "UV_INDEX_URL", " "), ("extra-index-url", "UV_EXTRA_INDEX_URL", " "),
-                                 ("find-links", "UV_FIND_LINKS", ","), ("constraint", "UV_CONSTRAINT", " ")):
-        if conf.get(pip_key):
-            env[uv_key] = sep.join(conf[pip_key].split())
-    return {k: v for k, v in env.items() if k not in os.environ}
+    """pip's index settings as uv's variables: the translation ``make`` uses (.ci/uv_env.py)."""
+    import runpy
+
+    return runpy.run_path(str(Path(__file__).resolve().parents[2] / ".ci" / "uv_env.py"))["uv_env"]()
 
 
 @pytest.mark.slow
