@@ -18,6 +18,7 @@ carries ``Authorization: Bearer <the token in F>`` (what the MLflow client sends
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import os
 import socket
@@ -127,9 +128,26 @@ def main(argv=None) -> int:
         uvicorn.run(proxy_app(f"http://127.0.0.1:{inner}", token), host=args.host, port=args.port,
                     log_level="warning")
     finally:
-        mlflow.terminate()
-        mlflow.wait(30)
+        stop_tree(mlflow)
     return 0
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop ``proc`` and every process under it: MLflow's server runs uvicorn and job-runner workers
+    beside itself, which outlive their parent when only it is stopped."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 if __name__ == "__main__":

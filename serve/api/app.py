@@ -18,6 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -181,7 +182,13 @@ class Api:
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
         edge = info["tile_edge"] if tiles == 5 else info["short_edge"]  # tiles crop a larger decode
-        res = ApiError.raise_for(await self.pre.classify.remote(data, edge, tiles, agg))
+        try:
+            out = await self.pre.classify.remote(data, edge, tiles, agg)
+        except RayActorError:
+            # the replica it went to was stopped under it (a redeploy or a scale-down past its graceful
+            # shutdown): classifying is idempotent, so once more, on a live replica
+            out = await self.pre.classify.remote(data, edge, tiles, agg)
+        res = ApiError.raise_for(out)
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
 

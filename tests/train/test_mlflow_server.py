@@ -1,4 +1,5 @@
 """Training against a real ``mlflow server`` process (started by ``sift mlflow-server``), not a file store."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,8 +24,10 @@ def _start(tmp_path, *extra, headers=None):
     (port,) = free_ports(1)
     env = {**os.environ, "SIFT_HOME": str(tmp_path)}
     log = open(tmp_path / "server.log", "wb")
+    # its own process group: MLflow's server starts uvicorn and job-runner workers of its own, and
+    # stopping must take them all down (a leftover set would load the machine for the tests after)
     proc = subprocess.Popen([sys.executable, "-m", "train.mlflow_server", "--port", str(port), *extra], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -36,15 +39,25 @@ def _start(tmp_path, *extra, headers=None):
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            _stop(proc, log)
             pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     return url, proc, log
 
 
 def _stop(proc, log):
-    proc.terminate()
-    proc.wait(30)
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+        os.killpg(proc.pid, signal.SIGKILL)
     log.close()
 
 
