@@ -23,9 +23,8 @@ NODE_TYPES = {"cpu": {"resources": {"CPU": 1}, "max_workers": 3},
 
 @pytest.fixture(scope="module")
 def cluster():
-    # idle workers go after 60 s: long enough that the nodes one stage brought up are still there for
-    # the next on a loaded machine (each stage's load brings them back otherwise)
-    with Cluster(num_cpus=1, node_types=NODE_TYPES, max_workers=4, idle_minutes=1.0) as c:
+    # idle workers go after 30 s; a stage that finds too few brings them back (its actors wait for them)
+    with Cluster(num_cpus=1, node_types=NODE_TYPES, max_workers=4, idle_minutes=0.5) as c:
         yield c
 
 
@@ -81,17 +80,20 @@ request_resources(num_cpus=0)
     assert not any(w["resources_total"].get("GPU") for w in workers)  # CPU demand never launches the GPU type
 
 
-def test_preprocess_job_grows_the_actor_pool_and_loses_nothing(cluster, corpus):
+def test_preprocess_job_spreads_the_actor_pool_over_nodes_and_loses_nothing(cluster, corpus):
     out = corpus / "data"
+    # min_actors=2 of 1 CPU each on 1-CPU nodes: two nodes at least. Ray Data starts the pool's actors
+    # asynchronously by default and would run on the first alone if the autoscaler is slow to add the
+    # node; RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S makes it wait for both (the pool's growth under load
+    # is tested on one node, tests/flows/test_preprocess_ray.py)
     rc, log = cluster.submit(["sift", "preprocess", "--input", str(corpus / "corpus"), "--output", str(out),
-                              "min_actors=1", "max_actors=2", "batch_size=4", "video_keyframes=3"])
+                              "min_actors=2", "max_actors=3", "batch_size=4", "video_keyframes=3"],
+                             env_vars={"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "240"})
     assert rc == 0, log[-3000:]
     assert "succeeded" in log.lower()
     m = json.loads((out / "manifest.json").read_text())
     pool = m["actor_pool"]
-    # the autoscaling pool started at min_actors and grew to max_actors under load (40 small blocks keep
-    # one actor's queue long enough for Ray Data's utilisation rule to add the second)
-    assert pool["timeline"][0][1] == 1 and pool["max_size"] == 2, pool
+    assert 2 <= pool["max_size"] <= 3 and pool["actors"] >= 2, pool
     assert m["inputs"] >= 161 and m["rows"] > m["inputs"] // 2 and m["frames"] >= 1
     assert m["rejects"]["total"] >= 1  # the corpus carries broken files: recorded, not fatal
     # the pool's actors ran on more than one node (Ray's state API keeps the finished ones)
@@ -156,8 +158,11 @@ def test_serve_model_replicas_spread_over_nodes(cluster, home):
     if not models:
         pytest.skip("needs the train job's model")
     port, sid = free_ports(1)[0], f"serve-{uuid.uuid4().hex[:8]}"
+    # ray job stop sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default): too
+    # short for sift serve's serve.shutdown(), and a killed driver leaves Serve's detached replicas up
     rc, log = cluster.submit(["sift", "serve", f"model={models[-1]}", f"port={port}", "min_replicas=2",
-                              "max_replicas=2"], env_vars={"SIFT_HOME": str(home)}, wait=False, submission_id=sid)
+                              "max_replicas=2"], env_vars={"SIFT_HOME": str(home), "RAY_JOB_STOP_WAIT_TIME_S": "90"},
+                             wait=False, submission_id=sid)
     assert rc == 0, log[-3000:]
     try:
         def replicas():
@@ -181,11 +186,15 @@ def test_serve_model_replicas_spread_over_nodes(cluster, home):
         assert cluster.wait_for(ready, timeout=120, every=1)
     finally:
         cluster.stop(sid)
+    # the job's end took the application down with it: no replica is left to keep a node busy
+    assert cluster.job(sid)["status"] == "STOPPED"
+    cluster.wait_for(lambda: not [a for a in cluster.actors("ServeReplica:sift") if a["state"] == "ALIVE"],
+                     timeout=60, every=2)
 
 
 def test_idle_worker_nodes_are_removed_once_the_load_is_gone(cluster):
     workers = {n["node_id"] for n in cluster.nodes() if not n.get("is_head_node")}
     assert len(workers) >= 3  # every worker node this module saw, the autoscaler added
-    cluster.wait_for(lambda: not alive_workers(cluster), timeout=300, every=2)
+    cluster.wait_for(lambda: not alive_workers(cluster), timeout=240, every=2)
     dead = {n["node_id"] for n in cluster.nodes() if n["state"] == "DEAD"}
     assert workers <= dead and not any(n["state"] == "ALIVE" for n in cluster.nodes() if n["node_id"] in workers)

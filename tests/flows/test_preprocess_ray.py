@@ -12,7 +12,7 @@ from flows.ingest.preprocess import run
 @pytest.mark.slow
 def test_preprocess_flow_end_to_end(tmp_path, ray_session):
     corpus = tmp_path / "corpus"
-    make_corpus(corpus, images=60, videos=3, seed=3, workers=1, progress=False)
+    make_corpus(corpus, images=100, videos=3, seed=3, workers=1, progress=False)
     truth = [json.loads(l) for l in (corpus / "_meta" / "truth.jsonl").read_text().splitlines()]
     # an exact duplicate (same bytes, other folder) and a near duplicate (re-encoded) of one image
     src = next(t for t in truth if t["kind"] == "image" and t["format"] == "jpeg")
@@ -21,7 +21,10 @@ def test_preprocess_flow_end_to_end(tmp_path, ray_session):
     from PIL import Image
     Image.open(corpus / src["path"]).convert("RGB").save(corpus / "unlabeled" / "near.jpg", quality=70)
 
-    cfg = load_preprocess(None, ["video_keyframes=3", "min_actors=1", "max_actors=2", "batch_size=8"])
+    # 2-item batches: ~37 blocks queue up behind the first actor, and two half-CPU actors fit this
+    # 2-CPU Ray beside the writer, so the autoscaling pool has both a reason and room to grow
+    cfg = load_preprocess(None, ["video_keyframes=3", "min_actors=1", "max_actors=2", "batch_size=2",
+                                 "actor_cpus=0.5"])
     m = run(corpus, tmp_path / "out", cfg)
 
     out = tmp_path / "out"
@@ -55,7 +58,8 @@ def test_preprocess_flow_end_to_end(tmp_path, ray_session):
     # manifest
     assert m["rows"] == len(data) and m["rejects"]["total"] == len(rejects)
     assert sum(m["by_split"].values()) == len(data)
-    assert m["actor_pool"]["max_size"] >= 1 and m["actor_pool"]["sizes_seen"]
+    # the pool started at min_actors and grew to max_actors while input was queued
+    assert m["actor_pool"]["timeline"][0][1] == 1 and m["actor_pool"]["max_size"] == 2, m["actor_pool"]
     assert json.loads((out / "manifest.json").read_text())["classes"] == ["BAD", "GOOD", "NEUTRAL"]  # the data says, sorted
     assert not (out / "_staging").exists() and not (out / "_work").exists()
     print(json.dumps({k: m[k] for k in ("timings", "throughput", "actor_pool")})[:600])
@@ -83,15 +87,29 @@ def _kill_one_actor_during(job, class_part: str) -> list[int]:
 
     killed, done, me = [], threading.Event(), os.getpid()
 
+    def actors() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            title = " ".join(proc.info["cmdline"] or [])
+            if title.startswith("ray::") and class_part in title and proc.pid != me:
+                found.append(proc.pid)
+        return found
+
+    # an earlier run's actor may still be exiting when this job starts: it is not this job's
+    before = set(actors())
+
     def killer():
         while not done.is_set() and not killed:
-            for proc in psutil.process_iter(["cmdline"]):
-                title = " ".join(proc.info["cmdline"] or [])
-                if title.startswith("ray::") and class_part in title and proc.pid != me:
-                    time.sleep(0.3)  # let it take a batch first
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
-                    break
+            for pid in actors():
+                if pid in before:
+                    continue
+                time.sleep(0.3)  # let it take a batch first
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue  # it ended by itself meanwhile: look for the next one
+                killed.append(pid)
+                break
             time.sleep(0.05)
 
     t = threading.Thread(target=killer, daemon=True)

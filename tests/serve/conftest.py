@@ -12,36 +12,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(trained, sift_home, tmp_path_factory):
-    """Deploys the app (re-deployable with other settings) and yields (deploy, client)."""
-    from ray import serve
+class Deployer:
+    """``deploy(*overrides)`` runs the app with those settings and returns (cfg, client);
+    ``deploy.default()`` is the session's default app, redeployed only when a test left another up
+    (a deployment costs ~10 s here: tests that change settings do not put the default back)."""
 
-    from serve.api.app import build_app
-    from serve.config import load_serve
+    def __init__(self, model: str, port: int, db):
+        self.model, self.port, self.db, self.now = model, port, db, None
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    db = tmp_path_factory.mktemp("jobs") / "jobs.db"
+    def __call__(self, *overrides):
+        from ray import serve
 
-    def deploy(*overrides):
-        cfg = load_serve(None, [f"model={trained['model']}", f"port={port}", f"jobs_db={db}",
+        from serve.api.app import build_app
+        from serve.config import load_serve
+
+        cfg = load_serve(None, [f"model={self.model}", f"port={self.port}", f"jobs_db={self.db}",
                                 "batch_wait_timeout_s=0.02", *overrides])
         serve.run(build_app(cfg), name="sift", route_prefix="/")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
         for _ in range(120):
             if client.get("/readyz").status_code == 200:
                 break
             time.sleep(0.5)
+        self.now = (overrides, cfg, client)
         return cfg, client
 
-    yield deploy, db
-    serve.delete("sift")
+    def default(self):
+        if self.now is None or self.now[0] != ():
+            return self()
+        return self.now[1], self.now[2]
 
 
 @pytest.fixture(scope="session")
+def server(trained, sift_home, tmp_path_factory):
+    """(deploy, jobs_db): the app on one port for the session, re-deployable with other settings."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy = Deployer(trained["model"], port, tmp_path_factory.mktemp("jobs") / "jobs.db")
+    yield deploy, deploy.db
+    serve.delete("sift")
+
+
+@pytest.fixture
 def api(server):
-    deploy, _ = server
-    return deploy()[1]
-
-
+    """A client of the default app (deployed again if the test before left other settings up)."""
+    return server[0].default()[1]

@@ -107,7 +107,6 @@ def test_body_too_large_is_413(server):
     assert ok.status_code == 200 and abs(sum(ok.json()["results"][0]["probs"].values()) - 1) < 1e-5
     r = client.post("/v1/classify", files=[("files", ("big.jpg", _jpeg(5, size=(900, 700)) + b"\0" * 30000))])
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
-    deploy()  # back to defaults
 
 
 def test_video_gives_frames_timeline_and_a_label(api, trained, tmp_path):
@@ -166,18 +165,15 @@ def test_a_video_request_that_would_make_too_many_frames_is_refused_before_decod
 def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
     deploy, _ = server
     _, client = deploy("request_timeout_s=2", "max_video_frames=100000", "video_batch=4")
-    try:
-        r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
-                        params={"fps": 30})
-        assert r.status_code == 504, r.text
-        for _ in range(40):  # the decoding thread sees the stop at its next frame and kills ffmpeg
-            if not _ffmpegs_on_uploads():
-                break
-            time.sleep(0.25)
-        assert not _ffmpegs_on_uploads(), "ffmpeg kept decoding after the request ended"
-        assert client.get("/healthz").status_code == 200
-    finally:
-        deploy()
+    r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
+                    params={"fps": 30})
+    assert r.status_code == 504, r.text
+    for _ in range(40):  # the decoding thread sees the stop at its next frame and kills ffmpeg
+        if not _ffmpegs_on_uploads():
+            break
+        time.sleep(0.25)
+    assert not _ffmpegs_on_uploads(), "ffmpeg kept decoding after the request ended"
+    assert client.get("/healthz").status_code == 200
 
 
 def test_jobs_run_and_survive_a_restart(server, api, trained):
@@ -215,34 +211,31 @@ def test_jobs_survive_the_api_process_being_killed(server, trained):
 
     deploy, _ = server
     _, client = deploy("job_lease_s=2", "job_concurrency=1")
-    try:
-        ids = []
-        for k in range(3):
-            items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
-            r = client.post("/v1/jobs", json={"items": items})
-            assert r.status_code == 202
-            ids.append(r.json()["id"])
-        api = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])]
-        assert len(api) == 1
-        os.kill(api[0].pid, signal.SIGKILL)
-        deadline = time.time() + 180
-        pending = set(ids)
-        while pending and time.time() < deadline:
-            try:
-                for jid in list(pending):
-                    body = client.get(f"/v1/jobs/{jid}").json()
-                    if body.get("status") in ("done", "failed"):
-                        assert body["status"] == "done", body
-                        assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
-                        pending.discard(jid)
-            except (httpx.HTTPError, ValueError):  # the replica is being replaced: 5xx/refused meanwhile
-                pass
-            time.sleep(0.5)
-        assert not pending, f"jobs lost or stuck after the kill: {pending}"
-        assert api[0].pid not in {p.pid for p in psutil.process_iter(["cmdline"])
-                                  if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])}
-    finally:
-        deploy()
+    ids = []
+    for k in range(3):
+        items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
+        r = client.post("/v1/jobs", json={"items": items})
+        assert r.status_code == 202
+        ids.append(r.json()["id"])
+    api = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])]
+    assert len(api) == 1
+    os.kill(api[0].pid, signal.SIGKILL)
+    deadline = time.time() + 180
+    pending = set(ids)
+    while pending and time.time() < deadline:
+        try:
+            for jid in list(pending):
+                body = client.get(f"/v1/jobs/{jid}").json()
+                if body.get("status") in ("done", "failed"):
+                    assert body["status"] == "done", body
+                    assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
+                    pending.discard(jid)
+        except (httpx.HTTPError, ValueError):  # the replica is being replaced: 5xx/refused meanwhile
+            pass
+        time.sleep(0.5)
+    assert not pending, f"jobs lost or stuck after the kill: {pending}"
+    assert api[0].pid not in {p.pid for p in psutil.process_iter(["cmdline"])
+                              if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])}
 
 
 def test_auth_required_when_a_token_is_set(server):
@@ -252,7 +245,6 @@ def test_auth_required_when_a_token_is_set(server):
     ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))], headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert client.get("/healthz").status_code == 200  # liveness stays open for orchestrators
-    deploy()
 
 
 def test_overload_answers_503_and_the_server_stays_healthy(server):
@@ -269,7 +261,6 @@ def test_overload_answers_503_and_the_server_stays_healthy(server):
     assert 503 in codes and 200 in codes, codes
     assert client.get("/healthz").status_code == 200
     assert client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(7)))]).status_code == 200
-    deploy()
 
 
 def test_metrics_count_requests_errors_and_batches(api):

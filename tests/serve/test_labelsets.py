@@ -41,7 +41,9 @@ def _corpus(root, classes: dict[str, float], per_class: int, unlabeled: int, see
     return root
 
 
-def _end_to_end(tmp_path, server, capsys, classes, model_name, train_overrides):
+def _end_to_end(tmp_path, server, capsys, classes, model_name, train_overrides, via_server=True):
+    """make a corpus of ``classes``, preprocess, train, promote, then classify probes through the
+    API (``via_server``) or the local client, both given the champion alias."""
     from flows.ingest.preprocess import main as preprocess
     from serve.client import classify_main
     from train.main import main as train
@@ -74,31 +76,31 @@ def _end_to_end(tmp_path, server, capsys, classes, model_name, train_overrides):
 
     assert promote(["--latest", "--model-name", model_name]) == 0
     assert client.get_model_version_by_alias(model_name, "champion").version == mv.version
-    cfg, api = server[0](f"model=models:/{model_name}@champion")
-    try:
-        ready = api.get("/readyz").json()
-        assert ready["classes"] == manifest["classes"]
-        probe = {c: tmp_path / f"probe-{c}.jpg" for c in classes}
-        for i, (c, hue) in enumerate(classes.items()):
-            _picture(hue, np.random.default_rng(100 + i)).save(probe[c])
-        capsys.readouterr()
-        base = f"http://127.0.0.1:{cfg.port}"
-        assert classify_main(["--server", base, "--json", *map(str, probe.values())]) == 0
-        got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [set(r["probs"]) for r in got] == [set(classes)] * len(classes)
-        assert all(r["label"] in classes and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in got)
-        # the label is the artifact's decision rule applied to the returned probabilities
-        from train.metrics import predict_with_thresholds
+    champion = f"models:/{model_name}@champion"
+    if via_server:
+        cfg, api = server[0](f"model={champion}")
+        assert api.get("/readyz").json()["classes"] == manifest["classes"]
+        where = ["--server", f"http://127.0.0.1:{cfg.port}"]
+    else:
+        where = ["--model", champion]
+    probe = {c: tmp_path / f"probe-{c}.jpg" for c in classes}
+    for i, (c, hue) in enumerate(classes.items()):
+        _picture(hue, np.random.default_rng(100 + i)).save(probe[c])
+    capsys.readouterr()
+    assert classify_main([*where, "--json", *map(str, probe.values())]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [set(r["probs"]) for r in got] == [set(classes)] * len(classes)
+    assert all(r["label"] in classes and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in got)
+    # the label is the artifact's decision rule applied to the returned probabilities
+    from train.metrics import predict_with_thresholds
 
-        names = manifest["classes"]
-        for r in got:
-            p = np.array([[r["probs"][c] for c in names]])
-            t = [r["thresholds"][c] for c in names]
-            assert r["label"] == names[int(predict_with_thresholds(p, t)[0])]
-        correct = sum(r["label"] == c for r, c in zip(got, classes))
-        assert correct >= len(classes) - 1, got  # pure hue probes: at most one miss
-    finally:
-        server[0]()  # back to the session's default model
+    names = manifest["classes"]
+    for r in got:
+        p = np.array([[r["probs"][c] for c in names]])
+        t = [r["thresholds"][c] for c in names]
+        assert r["label"] == names[int(predict_with_thresholds(p, t)[0])]
+    correct = sum(r["label"] == c for r, c in zip(got, classes))
+    assert correct >= len(classes) - 1, got  # pure hue probes: at most one miss
     capsys.readouterr()
     assert runs(["--last", "3", "--plot", str(tmp_path / "runs.png")]) == 0
     table = capsys.readouterr().out
@@ -130,7 +132,7 @@ def test_four_unordered_classes_use_macro_f1(tmp_path, server, capsys, sift_home
     classes = {"attic": 0.0, "beach": 0.16, "forest": 0.33, "kitchen": 0.66}
     # a CLIP with a text tower: the head is seeded from prompts (random weights: the code path only)
     run, _ = _end_to_end(tmp_path, server, capsys, classes, "sift-rooms",
-                         ["backbone=tiny-clip", "zero_shot_prompts={attic: an indoor room}"])
+                         ["backbone=tiny-clip", "zero_shot_prompts={attic: an indoor room}"], via_server=False)
     assert run.data.params["selection"] == "macro_f1" and run.data.params["positive"] == ""
     assert not any("_recall_at_" in k for k in run.data.metrics)
     meta = json.loads((sift_home / "runs" / "sift-rooms-run" / "model" / META).read_text())

@@ -182,7 +182,8 @@ def test_the_registered_model_predicts_in_a_fresh_uv_environment(tmp_path, store
     inp, out = tmp_path / "input.json", tmp_path / "out.json"
     inp.write_text(json.dumps({"dataframe_split": {"columns": ["image"],
                                                    "data": [[base64.b64encode(b).decode()] for b in images]}}))
-    env = {**os.environ, **_uv_env_from_pip(), "MLFLOW_TRACKING_URI": store.get_tracking_uri(),
+    # UV_OFFLINE: local wheels only, the ones `make` put in uv's cache; nothing comes from an index
+    env = {**os.environ, **_uv_env_from_pip(), "UV_OFFLINE": "1", "MLFLOW_TRACKING_URI": store.get_tracking_uri(),
            "TMPDIR": str(tmp_path),  # the new env (removed after) on the uv cache's filesystem: hard links
            "PATH": os.pathsep.join([os.path.dirname(uv.find_uv_bin()), os.environ.get("PATH", "")])}
     env.pop("PYTHONPATH", None)
