@@ -40,11 +40,14 @@ def run_python(cluster, code: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from flows.corpus import make_corpus
-
+def corpus(cluster, tmp_path_factory):
+    """The corpus, written by ``sift make-corpus`` as a job: the first stage of the README's flow."""
     root = tmp_path_factory.mktemp("jobs")
-    make_corpus(root / "corpus", images=160, videos=1, seed=3, workers=1, progress=False)
+    rc, log = cluster.submit(["sift", "make-corpus", str(root / "corpus"), "--images", "160", "--videos", "1",
+                              "--seed", "3", "--workers", "1"])
+    assert rc == 0, log[-3000:]
+    truth = (root / "corpus" / "_meta" / "truth.jsonl").read_text().splitlines()
+    assert len(truth) >= 161 and all((root / "corpus" / json.loads(t)["path"]).is_file() for t in truth)
     return root
 
 
@@ -107,6 +110,14 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("jobs_home")
 
 
+def trained_model(home):
+    """The model dir of the train job's run (named job-...), or a skip when that job did not run."""
+    models = sorted(home.glob("runs/job-*/model"))
+    if not models:
+        pytest.skip("needs the train job's model")
+    return models[-1]
+
+
 def test_train_job_tracks_and_registers_in_mlflow(cluster, corpus, home):
     data, tmp_path = corpus / "data", home
     if not (data / "manifest.json").exists():
@@ -128,13 +139,79 @@ def test_train_job_tracks_and_registers_in_mlflow(cluster, corpus, home):
     assert versions and versions[0].name == "sift-classifier"
 
 
+def test_tune_job_nests_real_trials_and_registers_the_best(cluster, corpus, home, capsys):
+    """``sift tune`` as a job: two Ray Train trials (2 epochs of 3 steps, both at once) nested in
+    MLflow under the search's run, ASHA as configured, the best trial's version @candidate."""
+    import math
+
+    import mlflow
+
+    from train.runs import main as runs
+
+    data = corpus / "data"
+    if not (data / "manifest.json").exists():
+        pytest.skip("needs the preprocess job's output")
+    space = home / "space.yaml"
+    space.write_text("lr: {grid: [0.003, 1.0e-7]}\n")
+    caches = set((home / "cache").glob("*"))
+    rc, log = cluster.submit(["sift", "tune", "--data", str(data), "--config", "train/configs/tiny.yaml",
+                              "--space", str(space), "--samples", "1", "--max-concurrent", "2", "epochs=2",
+                              "steps_per_epoch=3", "frozen_steps=-1", "predictions=false", "experiment=tune-test",
+                              "model_name=tune-test-model", "run_name=tune-test", "use_gpu=false"],
+                             env_vars={"SIFT_HOME": str(home)})
+    assert rc == 0, log[-3000:]
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tune-test")
+    parent = client.search_runs([exp.experiment_id], "tags.`sift.stage` = 'tune'")[0]
+    assert parent.info.run_name == "tune-test" and parent.info.status == "FINISHED"
+    pid = parent.info.run_id
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
+    assert len(children) == 2
+    assert {c.info.run_name for c in children} == {f"tune-test-{c.data.tags['sift.trial']}" for c in children}
+    assert sorted(float(c.data.params["lr"]) for c in children) == [1e-7, 0.003]
+    for c in children:  # params and metrics as `sift train` logs them
+        assert c.data.params["backbone"] == "tiny" and c.data.params["epochs"] == "2"
+        assert c.data.params["classes_list"] == "BAD,GOOD,NEUTRAL" and c.data.tags["sift.tune"] == "tune-test"
+        assert client.get_metric_history(c.info.run_id, "val_selection")
+    # ASHA: the scheduler as configured; a trial it stopped has no model and is marked KILLED
+    p = parent.data.params
+    assert (p["asha.max_t"], p["asha.grace_period"], p["asha.rungs"], p["asha.metric"], p["asha.time_attr"]) == \
+        ("1", "1", "[1]", "val_selection", "epoch")
+    trials = json.loads((home / "runs" / "tune-test" / "trials.json").read_text())["trials"]
+    versions = {v.run_id: v for v in client.search_model_versions("name='tune-test-model'")}
+    for t in trials:
+        assert (t["status"] == "FINISHED") == bool(t["version"]) == (t["run_id"] in versions)
+        assert t["epochs"] == 2 if t["status"] == "FINISHED" else t["epochs"] < 2
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert finished and len(finished) + parent.data.metrics["trials_stopped"] == 2
+    # the best trial's version is the candidate, and its score is the best of the trials
+    best = max(finished, key=lambda c: c.data.metrics["best_val_selection"])
+    candidate = client.get_model_version_by_alias("tune-test-model", "candidate")
+    assert candidate.run_id == best.info.run_id == p["best_run_id"]
+    assert parent.data.metrics["best_val_selection"] == best.data.metrics["best_val_selection"]
+    assert p["best.lr"] == best.data.params["lr"] and math.isfinite(parent.data.metrics["best_val_selection"])
+    # the plot of every trial's val_selection, written and logged
+    assert (home / "runs" / "tune-test" / "trials.png").stat().st_size > 5000
+    assert {"trials.png", "trials.json"} <= {a.path for a in client.list_artifacts(pid)}
+    # one embedding cache, built before the trials (or already there), reused by both
+    new = set((home / "cache").glob("*")) - caches
+    assert len(new) <= 1 and not any(".tmp" in c.name for c in new)
+    # sift runs compares the trials of the search
+    capsys.readouterr()
+    assert runs(["--experiment", "tune-test", "--parent", "latest", "--tracking-uri", uri,
+                 "--plot", str(home / "trials_cmp.png")]) == 0
+    out = capsys.readouterr().out
+    header, *rows = out.splitlines()[:3]
+    assert {"status", "best_val_selection", "epoch", "lr"} <= set(header.split())
+    assert len(rows) == 2 and all(r.startswith("tune-test-") for r in rows)
+    assert "1e-07" in out and "0.003" in out and "FINISHED" in out
+
+
 def test_predict_and_scan_jobs_score_with_the_trained_model(cluster, corpus, home):
     import pyarrow.parquet as pq
 
-    models = sorted(home.glob("runs/*/model"))
-    if not models:
-        pytest.skip("needs the train job's model")
-    model, env = str(models[-1]), {"SIFT_HOME": str(home)}
+    model, env = str(trained_model(home)), {"SIFT_HOME": str(home)}
     rc, log = cluster.submit(["sift", "predict", "--input", str(corpus / "data"), "--output",
                               str(home / "preds.parquet"), "--model", model], env_vars=env)
     assert rc == 0, log[-3000:]
@@ -153,14 +230,73 @@ def test_predict_and_scan_jobs_score_with_the_trained_model(cluster, corpus, hom
     assert timeline["frames"] and timeline["segments"]
 
 
+def test_review_job_serves_the_page_behind_its_token(cluster, corpus, home):
+    run = trained_model(home).parent.name  # the train job's run (the tune job's trials came after it)
+    port, sid = free_ports(1)[0], f"review-{uuid.uuid4().hex[:8]}"
+    rc, log = cluster.submit(["sift", "review", "--data", str(corpus / "data"), "--run", run, "--port", str(port),
+                              "--token", "t0k", "labels_db=" + str(home / "labels.db")],
+                             env_vars={"SIFT_HOME": str(home)}, wait=False, submission_id=sid)
+    assert rc == 0, log[-3000:]
+    try:
+        def status(path, token=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, json.loads(r.read()) if path.startswith("/api/") else None
+            except urllib.error.HTTPError as e:
+                return e.code, None
+            except OSError:
+                if cluster.job(sid)["status"] in ("FAILED", "STOPPED", "SUCCEEDED"):
+                    raise AssertionError(cluster.job(sid)) from None
+                return 0, None
+
+        assert cluster.wait_for(lambda: status("/api/stats")[0] == 401, timeout=120, every=1)
+        code, queue = status("/api/queue", "t0k")
+        assert code == 200 and queue["items"], queue  # the latest run's predictions, ranked for review
+    finally:
+        cluster.stop(sid)
+
+
+def test_scrape_job_runs_its_browsers_on_the_nodes(cluster, tmp_path):
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.flows.test_scrape import COMMON, GOOD_IMAGES, SiteHandler, make_site
+
+    make_site(tmp_path / "site")
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **kw: SiteHandler(*a, directory=str(tmp_path / "site"), **kw))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    site, out = f"http://127.0.0.1:{srv.server_port}", tmp_path / "ds"
+    try:
+        # two start URLs on two 1-CPU browsers: one each, on two nodes
+        rc, log = cluster.submit(["sift", "scrape", f"{site}/index.html", f"{site}/paged/1.html", "--to", str(out),
+                                  "--label", "GOOD", "browsers=2", "browser_cpus=1", *COMMON])
+    finally:
+        srv.shutdown()
+    assert rc == 0, log[-3000:]
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines() if line.strip()]
+    names = {it["url"].rsplit("/", 1)[1] for it in items}
+    assert {f"{n}.jpg" for n in GOOD_IMAGES} <= names and {"p1.jpg", "p2.jpg"} & names
+    failures = {json.loads(line)["reason"] for line in (out / "failures.jsonl").read_text().splitlines() if line}
+    assert {"decode_error", "http_404"} <= failures  # the site's broken and missing images: recorded, not fatal
+    browsers = [a for a in cluster.actors("PageWorker") if a["job_id"] == browsers_job(cluster, log)]
+    assert len(browsers) == 2 and len({a["node_id"] for a in browsers}) == 2, browsers
+
+
+def browsers_job(cluster, log: str) -> str:
+    """The Ray job id of the submission whose output is ``log`` (the jobs API maps the two)."""
+    sid = next(ln.split("'")[1] for ln in log.splitlines() if "submitted successfully" in ln)
+    return cluster.job(sid)["job_id"]
+
+
 def test_serve_model_replicas_spread_over_nodes(cluster, home):
-    models = sorted(home.glob("runs/*/model"))
-    if not models:
-        pytest.skip("needs the train job's model")
+    model = trained_model(home)
     port, sid = free_ports(1)[0], f"serve-{uuid.uuid4().hex[:8]}"
     # ray job stop sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default): too
     # short for sift serve's serve.shutdown(), and a killed driver leaves Serve's detached replicas up
-    rc, log = cluster.submit(["sift", "serve", f"model={models[-1]}", f"port={port}", "min_replicas=2",
+    rc, log = cluster.submit(["sift", "serve", f"model={model}", f"port={port}", "min_replicas=2",
                               "max_replicas=2"], env_vars={"SIFT_HOME": str(home), "RAY_JOB_STOP_WAIT_TIME_S": "90"},
                              wait=False, submission_id=sid)
     assert rc == 0, log[-3000:]

@@ -1,7 +1,7 @@
 """``sift tune``: the space, ASHA's settings, the budget and the best trial without Ray; then ASHA's
-wiring on scripted trials, and a real two-trial search of Ray Train runs nested in MLflow."""
+wiring on scripted trials. The real two-trial search of Ray Train runs nested in MLflow runs as a job on a
+multi-node cluster: tests/test_cluster_jobs.py."""
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -178,73 +178,3 @@ def test_asha_stops_the_weaker_of_scripted_trials(ray_session, sift_home, tmp_pa
     results = tuner(p, job, concurrent=1, fn=scripted).fit()
     epochs = {r.config["lr"]: int(r.metrics["epoch"]) for r in results}
     assert epochs == {0.005: 3, 0.001: 1}  # rungs at epochs [1, 2]; the last epoch is never cut
-
-
-@pytest.fixture(scope="module")
-def tuned(preprocessed, sift_home, tmp_path_factory):
-    """A real search: two trials of the tiny recipe (2 epochs of 3 steps), two at once."""
-    from train.tune import main
-
-    _, data, _ = preprocessed
-    space = tmp_path_factory.mktemp("tune") / "space.yaml"
-    space.write_text("lr: {grid: [0.003, 1.0e-7]}\n")
-    caches = set((sift_home / "cache").glob("*"))
-    rc = main(["--data", str(data), "--config", str(CONFIG_DIR / "tiny.yaml"), "--space", str(space),
-               "--samples", "1", "--max-concurrent", "2", "epochs=2", "steps_per_epoch=3", "frozen_steps=-1",
-               "predictions=false", "experiment=tune-test", "model_name=tune-test-model", "run_name=tune-test"])
-    assert rc == 0
-    return {"new_caches": set((sift_home / "cache").glob("*")) - caches}
-
-
-@pytest.mark.slow
-def test_a_search_nests_real_trials_and_registers_the_best(tuned, sift_home):
-    from train.tracking import use
-
-    mlflow = use()
-    client = mlflow.MlflowClient()
-    exp = mlflow.get_experiment_by_name("tune-test")
-    parent = client.search_runs([exp.experiment_id], "tags.`sift.stage` = 'tune'")[0]
-    assert parent.info.run_name == "tune-test" and parent.info.status == "FINISHED"
-    pid = parent.info.run_id
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
-    assert len(children) == 2
-    assert {c.info.run_name for c in children} == {f"tune-test-{c.data.tags['sift.trial']}" for c in children}
-    assert sorted(float(c.data.params["lr"]) for c in children) == [1e-7, 0.003]
-    for c in children:  # params and metrics as `sift train` logs them
-        assert c.data.params["backbone"] == "tiny" and c.data.params["epochs"] == "2"
-        assert c.data.params["classes_list"] == "BAD,GOOD,NEUTRAL" and c.data.tags["sift.tune"] == "tune-test"
-        assert client.get_metric_history(c.info.run_id, "val_selection")
-    # ASHA: the scheduler as configured; a trial it stopped has no model and is marked KILLED
-    p = parent.data.params
-    assert (p["asha.max_t"], p["asha.grace_period"], p["asha.rungs"], p["asha.metric"], p["asha.time_attr"]) == \
-        ("1", "1", "[1]", "val_selection", "epoch")
-    trials = json.loads((sift_home / "runs" / "tune-test" / "trials.json").read_text())["trials"]
-    versions = {v.run_id: v for v in client.search_model_versions("name='tune-test-model'")}
-    for t in trials:
-        assert (t["status"] == "FINISHED") == bool(t["version"]) == (t["run_id"] in versions)
-        assert t["epochs"] == 2 if t["status"] == "FINISHED" else t["epochs"] < 2
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    assert finished and len(finished) + parent.data.metrics["trials_stopped"] == 2
-    # the best trial's version is the candidate, and its score is the best of the trials
-    best = max(finished, key=lambda c: c.data.metrics["best_val_selection"])
-    candidate = client.get_model_version_by_alias("tune-test-model", "candidate")
-    assert candidate.run_id == best.info.run_id == p["best_run_id"]
-    assert parent.data.metrics["best_val_selection"] == best.data.metrics["best_val_selection"]
-    assert p["best.lr"] == best.data.params["lr"] and math.isfinite(parent.data.metrics["best_val_selection"])
-    # the plot of every trial's val_selection, written and logged
-    assert (sift_home / "runs" / "tune-test" / "trials.png").stat().st_size > 5000
-    assert {"trials.png", "trials.json"} <= {a.path for a in client.list_artifacts(pid)}
-    # one embedding cache, built before the trials (or already there), reused by both
-    assert len(tuned["new_caches"]) <= 1 and not any(".tmp" in c.name for c in tuned["new_caches"])
-
-
-@pytest.mark.slow
-def test_sift_runs_compares_the_trials_of_a_search(tuned, sift_home, capsys):
-    from train.runs import main as runs
-
-    assert runs(["--experiment", "tune-test", "--parent", "latest", "--plot", str(sift_home / "trials_cmp.png")]) == 0
-    out = capsys.readouterr().out
-    header, *rows = out.splitlines()[:3]
-    assert {"status", "best_val_selection", "epoch", "lr"} <= set(header.split())
-    assert len(rows) == 2 and all(r.startswith("tune-test-") for r in rows)
-    assert "1e-07" in out and "0.003" in out and "FINISHED" in out
