@@ -40,8 +40,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing Python dependencies into $(VENV) (first time: a few minutes)"
-	$(PY) -m pip install -q --upgrade pip uv
+	$(PY) -m pip install -q uv
+	@# pip, setuptools and wheel through uv too: MLflow records their versions as a logged model's build
+	@# dependencies, and an environment rebuilt from uv's cache alone (the portable-model test) needs them there
 	eval "$$($(PY) .ci/uv_env.py)" && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[test]' \
+	  pip setuptools wheel $(foreach p,pip setuptools wheel,--upgrade-package $(p) --reinstall-package $(p)) \
 	  || $(PY) -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-*; touch $@
 

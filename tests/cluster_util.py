@@ -185,6 +185,10 @@ class Cluster:
         """The job's record in the jobs API (``status``, ``message``, ...)."""
         return self.get(f"/api/jobs/{submission_id}")
 
+    def logs(self, submission_id: str) -> str:
+        """The job's driver output so far."""
+        return self.get(f"/api/jobs/{submission_id}/logs").get("logs", "")
+
     def stop(self, submission_id: str) -> None:
         """``ray job stop``: SIGTERM to the job's entrypoint (waits until it has ended)."""
         subprocess.run([str(BIN / "ray"), "job", "stop", "--address", self.address, submission_id], env=self.env,

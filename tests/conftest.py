@@ -72,5 +72,6 @@ def trained(preprocessed, sift_home):
 
     _, data, _ = preprocessed
     cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=1", "steps_per_epoch=2", "frozen_steps=1",
-                                                "early_stop=0", "run_name=test-run", "calibration_folds=5"])
+                                                "early_stop=0", "run_name=test-run", "calibration_folds=5",
+                                                "cache_local_max=0"])  # the actor pool's cache pass
     return run(cfg, data)

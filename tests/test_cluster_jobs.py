@@ -324,8 +324,11 @@ def test_serve_model_replicas_spread_over_nodes(cluster, home):
         cluster.stop(sid)
     # the job's end took the application down with it: no replica is left to keep a node busy
     assert cluster.job(sid)["status"] == "STOPPED"
-    cluster.wait_for(lambda: not [a for a in cluster.actors("ServeReplica:sift") if a["state"] == "ALIVE"],
-                     timeout=60, every=2)
+    try:  # serve.shutdown() takes a while on a loaded machine (each replica's graceful shutdown)
+        cluster.wait_for(lambda: not [a for a in cluster.actors("ServeReplica:sift") if a["state"] == "ALIVE"],
+                         timeout=150, every=2)
+    except TimeoutError as exc:
+        raise AssertionError(f"replicas left after the job stopped; its output:\n{cluster.logs(sid)[-3000:]}") from exc
 
 
 def test_idle_worker_nodes_are_removed_once_the_load_is_gone(cluster):

@@ -137,34 +137,68 @@ def cache_key(data_dir: Path, backbone_dir: str, preproc: Preproc, views: int, f
 def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, views: int,
                 faces: dict | None, seed: int, actors: int = 1, actor_cpus: float = 1.0,
                 io_cpus: float = 0.1, batch_size: int = 32, aug: dict | None = None, stats: bool = False,
-                runtime: str = "torch") -> Path:
+                runtime: str = "torch", local_max: int = 0) -> Path:
     """Run the Ray Data pass once; reuse ``out`` when it is complete (``_SUCCESS`` marker).
     ``runtime``: the actors' engine (``cache_runtime``: torch, or the embedding function exported to
-    ONNX fp32 / INT8, auto choosing by measured cosine, see ``export_embedder``)."""
+    ONNX fp32 / INT8, auto choosing by measured cosine, see ``export_embedder``). Data of at most
+    ``local_max`` items is embedded in this process by the same :class:`Embedder` (``embed_here``)."""
     import ray
 
     if (out / "_SUCCESS").exists():
         print(f"[cache] reusing {out}", flush=True)
         return out
-    print(f"[cache] embedding {data_dir} with {backbone_dir} ({views} views) -> {out}", flush=True)
     import pyarrow.dataset as pads
 
-    have = set(pads.dataset(str(Path(data_dir) / "data"), format="parquet").schema.names)
+    source = pads.dataset(str(Path(data_dir) / "data"), format="parquet")
     # an older preprocess output has no tags column: read what is there
-    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=[c for c in KEEP if c in have],
-                               num_cpus=io_cpus)
+    columns = [c for c in KEEP if c in set(source.schema.names)]
+    graph = _graph_for(data_dir, out, backbone_dir, preproc, stats, runtime)
+    kw = dict(backbone_dir=backbone_dir, preproc=preproc.to_dict(), views=views, faces=faces, seed=seed, aug=aug,
+              stats=stats, graph=graph)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    n = source.count_rows()
+    where = "in this process" if n <= local_max else f"on up to {actors} actor(s)"
+    print(f"[cache] embedding {n} items of {data_dir} with {backbone_dir} ({views} views, {where}) -> {out}",
+          flush=True)
+    if n <= local_max:
+        embed_here(source.to_table(columns=columns), tmp, kw, batch_size)
+        (tmp / "_SUCCESS").write_text("ok")
+        tmp.rename(out)
+        return out
+    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=columns, num_cpus=io_cpus)
     # Rows sorted by id and written in that order: preprocessing's actor pool writes rows in whatever
     # order its actors finish, and training reads the cache in file order, so without this the same
     # data and seed would give different batches (and metrics) after every re-preprocess.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ds.sort("id")
-    graph = _graph_for(data_dir, out, backbone_dir, preproc, stats, runtime)
-    ds = ds.map_batches(
-        Embedder, fn_constructor_args=(backbone_dir, preproc.to_dict(), views, faces, seed, 1, aug, stats, graph),
-        batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs=kw, batch_size=batch_size, batch_format="numpy",
+                        num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": io_cpus})
     (tmp / "_SUCCESS").write_text("ok")
     tmp.rename(out)
     return out
+
+
+def embed_here(table, out: Path, embedder: dict, batch_size: int) -> None:
+    """The actor pool's pass without the pool: ``table`` (the preprocess output's rows) sorted by id,
+    cut into ``batch_size`` batches, each converted to and from Ray Data's numpy batch format exactly as
+    ``map_batches`` does, embedded by ``Embedder(**embedder)`` on this process's threads and written as
+    ``out/00000.parquet``."""
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    out.mkdir(parents=True)
+    table = table.sort_by("id")
+    threads, writer = torch.get_num_threads(), None
+    try:
+        fn = Embedder(**embedder, threads=threads)  # it sets torch's thread count: put back after
+        for start in range(0, table.num_rows, batch_size):
+            batch = BlockAccessor.for_block(table.slice(start, batch_size)).to_batch_format("numpy")
+            block = BlockAccessor.batch_to_block(fn(batch))
+            # one file, a row group per batch: a file per batch makes every later read several tasks
+            writer = writer or pq.ParquetWriter(out / "00000.parquet", block.schema)
+            writer.write_table(block)
+    finally:
+        torch.set_num_threads(threads)
+        if writer is not None:
+            writer.close()

@@ -139,6 +139,12 @@ class TrainConfig:
     use_gpu: str = knob("auto", choices=("auto", "true", "false"),
                         help="auto: GPUs when the cluster has them; YAML true/false, yes/no, 1/0 are taken too")
     cache_actors: int = knob(1, lo=1, hi=1024)
+    # Starting the actor pool (a process that imports torch, loads the backbone and the detector) costs
+    # ~15-25 s on a small machine, more than embedding a few hundred images takes: below this size the
+    # same Embedder runs in the driver instead
+    cache_local_max: int = knob(256, lo=0, hi=1_000_000,
+                                help="data of at most this many items is embedded in this process, without "
+                                     "an actor pool (0: always the pool)")
     # the embedding cache's engine: torch (exact), or the frozen backbone exported to ONNX Runtime
     # (fp32, INT8; auto takes INT8 when its embeddings' cosine to torch is >= 0.999 on a sample)
     cache_runtime: str = knob("torch", choices=("auto", "torch", "onnx", "onnx-int8"),

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flows.core.config import ConfigError
@@ -29,6 +29,8 @@ from serve.config import ServeConfig, from_args, is_loopback
 from serve.api.deployments import Model, Preprocess
 from serve.predictor import ApiError
 
+# a replica stopped under a request (redeploy, scale-down): the request may go again
+GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 log = logging.getLogger("sift.serve")
 # FastAPI's own /docs and /openapi.json are off: ours below sit behind the same auth as the API
 api = FastAPI(title="sift", version="1", docs_url=None, redoc_url=None, openapi_url=None,
@@ -182,12 +184,17 @@ class Api:
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
         edge = info["tile_edge"] if tiles == 5 else info["short_edge"]  # tiles crop a larger decode
-        try:
-            out = await self.pre.classify.remote(data, edge, tiles, agg)
-        except RayActorError:
-            # the replica it went to was stopped under it (a redeploy or a scale-down past its graceful
-            # shutdown): classifying is idempotent, so once more, on a live replica
-            out = await self.pre.classify.remote(data, edge, tiles, agg)
+        for attempt in range(3):
+            try:
+                out = await self.pre.classify.remote(data, edge, tiles, agg)
+                break
+            except GONE:
+                # the replica it went to (or the Model replica behind it) was stopped under it: a redeploy
+                # or a scale-down past its graceful shutdown. Classifying is idempotent: again, on a live
+                # one; a rolling update can stop the next one too on a loaded machine
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
         res = ApiError.raise_for(out)
         self.metrics.batch.observe(res.get("batch_size", 1))
         return res
@@ -208,9 +215,10 @@ class Api:
         except asyncio.TimeoutError:
             resp = JSONResponse(ApiError(504, "timeout", f"no answer within {self.cfg.request_timeout_s} s").body(),
                                 504)
-        except Exception:  # a bug, not the request's fault: JSON like every error, and logged
+        except Exception as exc:  # a bug, not the request's fault: JSON like every error, and logged
             log.exception("%s: unexpected error", endpoint)
-            resp = JSONResponse(ApiError(500, "internal_error", "unexpected server error (logged)").body(), 500)
+            resp = JSONResponse(ApiError(500, "internal_error", f"unexpected server error ({type(exc).__name__}, "
+                                         "logged)").body(), 500)
         self.metrics.observe(endpoint, resp.status_code, time.perf_counter() - t0)
         return resp
 

@@ -367,7 +367,8 @@ def test_redeploy_with_a_new_model_drops_no_request(server, trained):
     def fire():
         with httpx.Client(base_url=str(client.base_url), timeout=120) as c:
             while not stop.is_set():
-                codes.append(c.post("/v1/classify", files=img).status_code)
+                r = c.post("/v1/classify", files=img)
+                codes.append(r.status_code if r.status_code == 200 else (r.status_code, r.text[:300]))
 
     t = threading.Thread(target=fire)
     t.start()

@@ -67,3 +67,30 @@ def test_onnx_embedder_gives_the_torch_embeddings_and_auto_measures_int8(tmp_pat
     with pytest.raises(RuntimeChoiceError):
         export_embedder(backbone, stats, sample, tmp_path / "d", "tensorrt")
     assert any("min cosine" in line for line in logs)
+
+
+def test_embedding_here_writes_what_the_pool_would_in_id_order(tmp_path):
+    """The in-process pass (small data): rows sorted by id, every column kept, ``emb`` read back as
+    Ray Data reads it (B, V, D), the same numbers as the Embedder on the whole batch; threads put back."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from ray.data.block import BlockAccessor
+
+    from train.cache import embed_here
+
+    d = resolve_backbone("tiny", tmp_path)
+    _, preproc = load_backbone(d)
+    ids = [f"item{i}" for i in (3, 0, 4, 1, 2)]
+    table = pa.table({"id": ids, "label": [0, 1, -1, 2, 0], "image": [_jpeg(i) for i in range(5)]})
+    kw = dict(backbone_dir=d, preproc=preproc.to_dict(), views=2, faces=None, seed=3, aug=None)
+    threads = torch.get_num_threads()
+    embed_here(table, tmp_path / "cache", kw, batch_size=2)
+    assert torch.get_num_threads() == threads
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["00000.parquet"]
+    got = BlockAccessor.for_block(pq.read_table(tmp_path / "cache" / "00000.parquet")).to_batch_format("numpy")
+    assert list(got["id"]) == sorted(ids) and list(got["label"]) == [1, 2, 0, 0, -1]
+    assert got["emb"].shape[:2] == (5, 2) and got["face"].shape == (5, 0)
+    order = np.argsort(ids)
+    want = Embedder(**kw)({"id": np.array(ids)[order], "image": np.array(table["image"].to_pylist(), dtype=object)[order]})
+    np.testing.assert_allclose(got["emb"], want["emb"], rtol=1e-5, atol=1e-5)

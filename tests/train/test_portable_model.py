@@ -4,6 +4,7 @@ gives what :class:`SiftModel` gives in-process; and a training run records the d
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import hashlib
 import io
 import json
@@ -182,8 +183,16 @@ def test_the_registered_model_predicts_in_a_fresh_uv_environment(tmp_path, store
     inp, out = tmp_path / "input.json", tmp_path / "out.json"
     inp.write_text(json.dumps({"dataframe_split": {"columns": ["image"],
                                                    "data": [[base64.b64encode(b).decode()] for b in images]}}))
-    # UV_OFFLINE: local wheels only, the ones `make` put in uv's cache; nothing comes from an index
-    env = {**os.environ, **_uv_env_from_pip(), "UV_OFFLINE": "1", "MLFLOW_TRACKING_URI": store.get_tracking_uri(),
+    # UV_OFFLINE: local wheels only, the ones `make` put in uv's cache; nothing comes from an index.
+    # Offline, uv still knows every version its cached index pages list: the versions installed here
+    # are the constraint, so what it picks for the dependencies' dependencies is in the cache.
+    installed = tmp_path / "installed.txt"
+    installed.write_text("".join(sorted({f"{d.metadata['Name']}=={d.version}\n" for d in importlib.metadata.distributions()
+                                         if d.metadata["Name"] and d.metadata["Name"].lower() != "sift"})))
+    uv_env = _uv_env_from_pip()
+    constraints = " ".join(filter(None, [os.environ.get("UV_CONSTRAINT", uv_env.get("UV_CONSTRAINT")), str(installed)]))
+    env = {**os.environ, **uv_env, "UV_OFFLINE": "1", "UV_CONSTRAINT": constraints,
+           "MLFLOW_TRACKING_URI": store.get_tracking_uri(),
            "TMPDIR": str(tmp_path),  # the new env (removed after) on the uv cache's filesystem: hard links
            "PATH": os.pathsep.join([os.path.dirname(uv.find_uv_bin()), os.environ.get("PATH", "")])}
     env.pop("PYTHONPATH", None)
