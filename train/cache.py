@@ -149,7 +149,8 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
         return out
     import pyarrow.dataset as pads
 
-    source = pads.dataset(str(Path(data_dir) / "data"), format="parquet")
+    rows = str(Path(data_dir) / "data")
+    source = pads.dataset(rows, format="parquet")
     # an older preprocess output has no tags column: read what is there
     columns = [c for c in KEEP if c in set(source.schema.names)]
     graph = _graph_for(data_dir, out, backbone_dir, preproc, stats, runtime)
@@ -162,18 +163,16 @@ def build_cache(data_dir: Path, out: Path, backbone_dir: str, preproc: Preproc, 
           flush=True)
     if n <= local_max:
         embed_here(source.to_table(columns=columns), tmp, kw, batch_size)
-        (tmp / "_SUCCESS").write_text("ok")
-        tmp.rename(out)
-        return out
-    ds = ray.data.read_parquet(str(Path(data_dir) / "data"), columns=columns, num_cpus=io_cpus)
-    # Rows sorted by id and written in that order: preprocessing's actor pool writes rows in whatever
-    # order its actors finish, and training reads the cache in file order, so without this the same
-    # data and seed would give different batches (and metrics) after every re-preprocess.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ds.sort("id")
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs=kw, batch_size=batch_size, batch_format="numpy",
-                        num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": io_cpus})
+    else:
+        ds = ray.data.read_parquet(rows, columns=columns, num_cpus=io_cpus)
+        # Rows sorted by id and written in that order: preprocessing's actor pool writes rows in whatever
+        # order its actors finish, and training reads the cache in file order, so without this the same
+        # data and seed would give different batches (and metrics) after every re-preprocess.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        ds = ds.sort("id")
+        ds = ds.map_batches(Embedder, fn_constructor_kwargs=kw, batch_size=batch_size, batch_format="numpy",
+                            num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+        ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": io_cpus})
     (tmp / "_SUCCESS").write_text("ok")
     tmp.rename(out)
     return out

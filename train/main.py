@@ -153,7 +153,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
     key = cache_key(data, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed, aug, cfg.colour_stats,
                     cfg.cache_runtime)
     cache = build_cache(data, home / "cache" / key, backbone_dir, preproc, cfg.cache_views, faces, cfg.seed,
-                        actors=cfg.cache_actors, local_max=cfg.cache_local_max, aug=aug, stats=cfg.colour_stats, runtime=cfg.cache_runtime)
+                        actors=cfg.cache_actors, local_max=cfg.cache_local_max, aug=aug, stats=cfg.colour_stats,
+                        runtime=cfg.cache_runtime)
     if cache_only:
         return {"cache": str(cache)}
     meta = pads.dataset(str(cache), format="parquet").to_table(
@@ -213,7 +214,8 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         datasets=datasets,
         # one worker reads whole datasets: a split would only add a coordinator actor (~10 s to start here)
-        dataset_config=ray.train.DataConfig(datasets_to_split=["labeled", "unlabeled"] if cfg.num_workers > 1 else []),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["labeled", "unlabeled"] if cfg.num_workers > 1 else []),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(home / "ray_results"), worker_runtime_env=_worker_env(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),

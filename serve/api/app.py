@@ -29,8 +29,9 @@ from serve.config import ServeConfig, from_args, is_loopback
 from serve.api.deployments import Model, Preprocess
 from serve.predictor import ApiError
 
-# a replica stopped under a request (redeploy, scale-down): the request may go again
+# a replica stopped under a request (redeploy, scale-down): the request may go again, TRIES times in all
 GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+TRIES = 3
 log = logging.getLogger("sift.serve")
 # FastAPI's own /docs and /openapi.json are off: ours below sit behind the same auth as the API
 api = FastAPI(title="sift", version="1", docs_url=None, redoc_url=None, openapi_url=None,
@@ -184,7 +185,7 @@ class Api:
     async def classify_bytes(self, data: bytes, tiles: int, agg: str) -> dict:
         info = await self.info()
         edge = info["tile_edge"] if tiles == 5 else info["short_edge"]  # tiles crop a larger decode
-        for attempt in range(3):
+        for attempt in range(TRIES):
             try:
                 out = await self.pre.classify.remote(data, edge, tiles, agg)
                 break
@@ -192,7 +193,7 @@ class Api:
                 # the replica it went to (or the Model replica behind it) was stopped under it: a redeploy
                 # or a scale-down past its graceful shutdown. Classifying is idempotent: again, on a live
                 # one; a rolling update can stop the next one too on a loaded machine
-                if attempt == 2:
+                if attempt == TRIES - 1:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
         res = ApiError.raise_for(out)

@@ -4,7 +4,6 @@ gives what :class:`SiftModel` gives in-process; and a training run records the d
 from __future__ import annotations
 
 import base64
-import importlib.metadata
 import hashlib
 import io
 import json
@@ -13,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import distributions, version
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +186,7 @@ def test_the_registered_model_predicts_in_a_fresh_uv_environment(tmp_path, store
     # Offline, uv still knows every version its cached index pages list: the versions installed here
     # are the constraint, so what it picks for the dependencies' dependencies is in the cache.
     installed = tmp_path / "installed.txt"
-    installed.write_text("".join(sorted({f"{d.metadata['Name']}=={d.version}\n" for d in importlib.metadata.distributions()
+    installed.write_text("".join(sorted({f"{d.metadata['Name']}=={d.version}\n" for d in distributions()
                                          if d.metadata["Name"] and d.metadata["Name"].lower() != "sift"})))
     uv_env = _uv_env_from_pip()
     constraints = " ".join(filter(None, [os.environ.get("UV_CONSTRAINT", uv_env.get("UV_CONSTRAINT")), str(installed)]))
