@@ -58,8 +58,11 @@ def test_preprocess_flow_end_to_end(tmp_path, ray_session):
     # manifest
     assert m["rows"] == len(data) and m["rejects"]["total"] == len(rejects)
     assert sum(m["by_split"].values()) == len(data)
-    # the pool started at min_actors and grew to max_actors while input was queued
-    assert m["actor_pool"]["timeline"][0][1] == 1 and m["actor_pool"]["max_size"] == 2, m["actor_pool"]
+    # the pool started at min_actors and grew to max_actors while input was queued: a second actor
+    # processed batches. Whether the two overlap in time depends on how long the second one takes to
+    # start (torch imports on 2 busy cores can take as long as the rest of the run), so it is not asserted
+    pool = m["actor_pool"]
+    assert pool["timeline"][0][1] == 1 and pool["actors"] == 2 and pool["max_size"] in (1, 2), pool
     assert json.loads((out / "manifest.json").read_text())["classes"] == ["BAD", "GOOD", "NEUTRAL"]  # the data says, sorted
     assert not (out / "_staging").exists() and not (out / "_work").exists()
     print(json.dumps({k: m[k] for k in ("timings", "throughput", "actor_pool")})[:600])
