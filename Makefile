@@ -57,9 +57,13 @@ demo: setup
 	$(PY) -m serve.demo --data $(DEMO)/data
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$PWD/$(STATE)/mlflow.db -w 1"
 
+# two pytest-xdist workers: much of the suite waits on Ray, servers and subprocesses, the other worker
+# uses that time (tests/conftest.py groups the tests that share fixtures); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= 2
+
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

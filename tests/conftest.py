@@ -11,6 +11,32 @@ from flows.core.runtime import quiet_env
 
 quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
 
+# `make test` runs two pytest-xdist workers (--dist loadgroup). Each is its own session with its own
+# Ray and its own state dir: two tests never build the same backbone or write the same MLflow store.
+if os.environ.get("PYTEST_XDIST_WORKER") and "SIFT_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["SIFT_HOME"] = tempfile.mkdtemp(prefix=f"sift-{os.environ['PYTEST_XDIST_WORKER']}-")
+
+# Tests that use these session fixtures share one trained model (and its deployed app): their modules
+# are one group, so that one worker trains it.
+SHARED = ("trained", "server")
+# The two longest groups (about 12 and 20 minutes run one after the other): under xdist they go first,
+# one to each worker, and the short ones fill in around them.
+FIRST = ("tests.test_cluster_jobs", "trained")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's loadgroup: a module's tests stay on one worker (its module fixtures
+    are built once), the modules that use the shared trained model are one group. xdist hands the
+    groups out in the order of the items."""
+    shared = {it.module.__name__ for it in items if any(f in it.fixturenames for f in SHARED)}
+    group = {it: "trained" if it.module.__name__ in shared else it.module.__name__ for it in items}
+    for item, name in group.items():
+        item.add_marker(pytest.mark.xdist_group(name))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # stable: each group keeps its collection order
+        items.sort(key=lambda it: FIRST.index(group[it]) if group[it] in FIRST else len(FIRST))
+
 
 @pytest.fixture(autouse=True)
 def _mlflow_uri_stays_put():

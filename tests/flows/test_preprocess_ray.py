@@ -92,9 +92,13 @@ def _kill_one_actor_during(job, class_part: str) -> list[int]:
 
     def actors() -> list[int]:
         found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            title = " ".join(proc.info["cmdline"] or [])
-            if title.startswith("ray::") and class_part in title and proc.pid != me:
+        # this session's Ray descends from this process: another Ray on the machine is not touched
+        for proc in psutil.Process(me).children(recursive=True):
+            try:
+                title = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if title.startswith("ray::") and class_part in title:
                 found.append(proc.pid)
         return found
 

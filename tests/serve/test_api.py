@@ -147,9 +147,28 @@ def _ffmpegs_on_uploads() -> list:
     import psutil
 
     out = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in _ours():
         with contextlib.suppress(psutil.Error):
-            if "ffmpeg" in (proc.info["name"] or "") and "sift-video-" in " ".join(proc.info["cmdline"] or []):
+            if "ffmpeg" in proc.name() and "sift-video-" in " ".join(proc.cmdline()):
+                out.append(proc)
+    return out
+
+
+def _ours() -> list:
+    """This session's processes: its Ray (raylet, workers, Serve replicas) descends from this process,
+    so another session's Ray on the same machine (a parallel test worker, a cluster) is not seen."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _api_replicas() -> list:
+    import psutil
+
+    out = []
+    for proc in _ours():
+        with contextlib.suppress(psutil.Error):
+            if "ServeReplica:sift:Api" in " ".join(proc.cmdline()):
                 out.append(proc)
     return out
 
@@ -207,8 +226,6 @@ def test_jobs_survive_the_api_process_being_killed(server, trained):
     import os
     import signal
 
-    import psutil
-
     deploy, _ = server
     _, client = deploy("job_lease_s=2", "job_concurrency=1")
     ids = []
@@ -217,7 +234,7 @@ def test_jobs_survive_the_api_process_being_killed(server, trained):
         r = client.post("/v1/jobs", json={"items": items})
         assert r.status_code == 202
         ids.append(r.json()["id"])
-    api = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])]
+    api = _api_replicas()
     assert len(api) == 1
     os.kill(api[0].pid, signal.SIGKILL)
     deadline = time.time() + 180
@@ -234,8 +251,7 @@ def test_jobs_survive_the_api_process_being_killed(server, trained):
             pass
         time.sleep(0.5)
     assert not pending, f"jobs lost or stuck after the kill: {pending}"
-    assert api[0].pid not in {p.pid for p in psutil.process_iter(["cmdline"])
-                              if "ServeReplica:sift:Api" in " ".join(p.info["cmdline"] or [])}
+    assert api[0].pid not in {p.pid for p in _api_replicas()}
 
 
 def test_auth_required_when_a_token_is_set(server):
