@@ -207,6 +207,27 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
+def _yolo():
+    """Import and return ``ultralytics.YOLO``, leaving ``PIL.Image.open`` as Pillow made it.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` process-wide with a wrapper that, on a file
+    Pillow cannot identify, tries to install and import ``pi-heif`` and raises ``ModuleNotFoundError``
+    offline. Every other image read in the process (corpus checks, uploads, preprocessing) must see a
+    corrupt file as ``PIL.UnidentifiedImageError``, a bad item, so the original is put back.
+    """
+    import PIL.Image
+
+    original = PIL.Image.open
+    from ultralytics import YOLO  # lazy: heavy, and must follow configure_offline()
+
+    wrapper = getattr(sys.modules.get("ultralytics.utils.patches"), "image_open", None)
+    if original is wrapper:  # imported earlier in this process: the wrapper kept Pillow's own
+        original = sys.modules["ultralytics.utils.patches"]._image_open
+    if PIL.Image.open is wrapper:
+        PIL.Image.open = original
+    return YOLO
+
+
 class FaceDetector:
     """Batched face features from an Ultralytics detector, built once per process (e.g. per Ray actor).
 
@@ -229,9 +250,7 @@ class FaceDetector:
         self.face_classes, self.extra_classes = tuple(face_classes), tuple(extra_classes)
         self.conf, self.imgsz, self.device = float(conf), int(imgsz), device
         configure_offline()
-        from ultralytics import YOLO  # lazy: heavy, and must follow the environment set above
-
-        self._model = YOLO(str(self.weights), task="detect")
+        self._model = _yolo()(str(self.weights), task="detect")
         self._id_to_name = {int(k): str(v) for k, v in self._model.names.items()}
         missing = [c for c in (*self.face_classes, *self.extra_classes) if c not in self.names]
         if missing:

@@ -186,6 +186,20 @@ def test_no_network_in_process(monkeypatch, detector):
 
 
 @pytest.mark.slow
+def test_a_corrupt_image_stays_a_bad_image_after_the_detector_loads(tmp_path, detector):
+    """Ultralytics wraps PIL.Image.open process-wide (an unreadable file -> pi-heif install attempt ->
+    ModuleNotFoundError offline); every other reader in the process must still get Pillow's error."""
+    import PIL.Image
+
+    junk = tmp_path / "upload.jpg"
+    junk.write_bytes(b"this is not an image" * 10)
+    for _ in range(2):  # the first detector of the process, then one built after Ultralytics is imported
+        with pytest.raises(PIL.UnidentifiedImageError):
+            PIL.Image.open(junk)
+        FaceDetector()
+
+
+@pytest.mark.slow
 def test_no_network_fresh_process(tmp_path):
     """From a clean interpreter, as in a fresh Ray worker.
 
@@ -205,7 +219,11 @@ def test_no_network_fresh_process(tmp_path):
         import numpy as np
         from train.faces import FaceDetector
         f = FaceDetector().features([np.zeros((100, 120, 3), np.uint8)])
-        print("OK", f.shape)
+        import io, PIL.Image
+        try:
+            PIL.Image.open(io.BytesIO(b"not an image"))
+        except PIL.UnidentifiedImageError:
+            print("OK", f.shape)
     """)
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2])}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
