@@ -11,6 +11,9 @@ from flows.ingest.preprocess import run
 
 @pytest.mark.slow
 def test_preprocess_flow_end_to_end(tmp_path, ray_session):
+    # the pool can only grow into free CPUs: an earlier test must have given back what it held
+    free = ray_session.available_resources().get("CPU", 0)
+    assert free >= 1.5, f"Ray CPUs held before this test: {ray_session.available_resources()}"
     corpus = tmp_path / "corpus"
     make_corpus(corpus, images=100, videos=3, seed=3, workers=1, progress=False)
     truth = [json.loads(l) for l in (corpus / "_meta" / "truth.jsonl").read_text().splitlines()]

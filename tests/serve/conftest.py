@@ -43,9 +43,13 @@ class Deployer:
         return self.now[1], self.now[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(trained, sift_home, tmp_path_factory):
-    """(deploy, jobs_db): the app on one port for the session, re-deployable with other settings."""
+    """(deploy, jobs_db): the app on one port for the serve tests, re-deployable with other settings.
+
+    Package-scoped: Serve and its replicas' CPUs are given back when the serve tests are done, so
+    the Ray flows that run after them in the same session have the whole Ray (the preprocessing pool
+    grows only into free CPUs)."""
     from ray import serve
 
     port = _free_port()
@@ -53,6 +57,7 @@ def server(trained, sift_home, tmp_path_factory):
     deploy = Deployer(trained["model"], port, tmp_path_factory.mktemp("jobs") / "jobs.db")
     yield deploy, deploy.db
     serve.delete("sift")
+    serve.shutdown()
 
 
 @pytest.fixture
