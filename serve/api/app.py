@@ -390,8 +390,12 @@ def build_app(cfg: ServeConfig):
     front = max(100, cfg.max_ongoing_requests * 2)
     pre = Preprocess.options(num_replicas=cfg.preprocess_replicas, logging_config=logs, max_ongoing_requests=front,
                              ray_actor_options={"num_cpus": cfg.preprocess_cpus}).bind(cfg, model)
+    # A redeploy stops the old ingress once its requests are done, but those may wait on the new
+    # Preprocess and Model replicas (the old ones stop at once) and these can take longer than Serve's
+    # 20 s default to start on a loaded machine: the old ingress waits as long as a request may run.
     return Api.options(ray_actor_options={"num_cpus": cfg.ingress_cpus}, logging_config=logs,
-                       max_ongoing_requests=front).bind(pre, model, cfg)
+                       max_ongoing_requests=front,
+                       graceful_shutdown_timeout_s=cfg.request_timeout_s + 5).bind(pre, model, cfg)
 
 
 def app_builder(args: dict):
