@@ -26,6 +26,7 @@ SHARED = ("trained", "server")
 FIRST = ("tests.test_cluster_jobs", "trained")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """Groups for pytest-xdist's loadgroup: a module's tests stay on one worker (its module fixtures
     are built once), the modules that use the shared trained model are one group. xdist hands the
