@@ -11,7 +11,7 @@ from flows.core.runtime import quiet_env
 
 quiet_env()  # before anything imports Ray, onnxruntime or Ultralytics
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup). Each is its own session with its own
+# Under pytest-xdist (`TEST_WORKERS=N make test`) each worker is its own session with its own
 # Ray and its own state dir: two tests never build the same backbone or write the same MLflow store.
 if os.environ.get("PYTEST_XDIST_WORKER") and "SIFT_HOME" not in os.environ:
     import tempfile

@@ -148,13 +148,17 @@ def test_classify_a_folder_against_the_server_in_concurrent_batches(api, folder,
     assert [r["path"] for r in rows] == files
     assert [r["status"] for r in rows] == [415 if "broken" in f else 200 for f in files]
     assert all(r["prob_BAD"] == pytest.approx(l["probs"]["BAD"]) for r, l in zip(rows, lines) if "label" in l)
-    # the same model in this process gives the same answers
-    assert classify_main([str(folder), "--json", "--model", trained["model"]]) == 0
+    # the same model on the same runtime in this process gives the same answers. Dynamic INT8 scales
+    # its activations by each batch's range, and the server batches items of concurrent requests, so
+    # there its probabilities move a little with the batch mates (the labels stay)
+    runtime = api.get("/readyz").json()["runtime"]
+    assert classify_main([str(folder), "--json", "--model", trained["model"], "--set", f"runtime={runtime}"]) == 0
     local = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    tol = 0.03 if runtime == "onnx-int8" else 1e-4
     for remote_line, local_line in zip(lines, local):
         assert remote_line.get("label") == local_line.get("label")
         for c, p in remote_line.get("probs", {}).items():
-            assert abs(p - local_line["probs"][c]) < 1e-3
+            assert abs(p - local_line["probs"][c]) < tol, (runtime, c)
 
 
 def test_a_request_whose_every_item_failed_is_still_read_per_item(api, folder, capsys):
