@@ -13,15 +13,20 @@ def _free_port() -> int:
 
 
 class Deployer:
-    """``deploy(*overrides)`` runs the app with those settings and returns (cfg, client);
-    ``deploy.default()`` is the session's default app, redeployed only when a test left another up
-    (a deployment costs ~10 s here: tests that change settings do not put the default back)."""
+    """``deploy(*overrides)`` runs the app with those settings and returns (cfg, client), redeploying
+    only when the app up has other settings (a deployment costs ~20 s here: tests that change settings
+    do not put the default back, and test_api runs the tests of the default app first);
+    ``deploy.default()`` is the default app."""
 
     def __init__(self, model: str, port: int, db):
         self.model, self.port, self.db, self.now = model, port, db, None
 
     def __call__(self, *overrides):
+        """The app with ``overrides``: the one up already when it has exactly those settings."""
         from ray import serve
+
+        if self.now is not None and self.now[0] == overrides:
+            return self.now[1], self.now[2]
 
         from serve.api.app import build_app
         from serve.config import load_serve
@@ -38,9 +43,7 @@ class Deployer:
         return cfg, client
 
     def default(self):
-        if self.now is None or self.now[0] != ():
-            return self()
-        return self.now[1], self.now[2]
+        return self()
 
 
 @pytest.fixture(scope="package")

@@ -99,16 +99,6 @@ def test_bad_images_get_per_item_errors_and_the_rest_answers(api, trained, data,
     assert ok["label"] == _ruled(trained, ok)
 
 
-def test_body_too_large_is_413(server):
-    deploy, _ = server
-    _, client = deploy("max_body_bytes=20000", "runtime=onnx-int8")
-    assert client.get("/readyz").json()["runtime"] == "onnx-int8"
-    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(1)))])
-    assert ok.status_code == 200 and abs(sum(ok.json()["results"][0]["probs"].values()) - 1) < 1e-5
-    r = client.post("/v1/classify", files=[("files", ("big.jpg", _jpeg(5, size=(900, 700)) + b"\0" * 30000))])
-    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
-
-
 def test_video_gives_frames_timeline_and_a_label(api, trained, tmp_path):
     path = tmp_path / "v.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=320x240:d=3", "-f", "lavfi",
@@ -179,104 +169,6 @@ def test_a_video_request_that_would_make_too_many_frames_is_refused_before_decod
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_frames", r.text
     assert "fps <=" in r.json()["error"]["message"] and time.perf_counter() - t0 < 20
     assert api.get("/healthz").status_code == 200
-
-
-def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
-    deploy, _ = server
-    _, client = deploy("request_timeout_s=2", "max_video_frames=100000", "video_batch=4")
-    r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
-                    params={"fps": 30})
-    assert r.status_code == 504, r.text
-    for _ in range(40):  # the decoding thread sees the stop at its next frame and kills ffmpeg
-        if not _ffmpegs_on_uploads():
-            break
-        time.sleep(0.25)
-    assert not _ffmpegs_on_uploads(), "ffmpeg kept decoding after the request ended"
-    assert client.get("/healthz").status_code == 200
-
-
-def test_jobs_run_and_survive_a_restart(server, api, trained):
-    from serve.api.jobs import JobStore
-
-    deploy, db = server
-    items = [{"name": f"i{k}", "image": base64.b64encode(_jpeg(k)).decode()} for k in range(3)]
-    r = api.post("/v1/jobs", json={"items": items})
-    assert r.status_code == 202 and r.json()["status"] == "queued"
-    job = r.json()["id"]
-    # a job accepted before a crash: in the DB, claimed by a worker that died (lease long expired)
-    store = JobStore(db, clock=lambda: time.time() - 3600)
-    stale = store.submit([{"name": "s", "image_b64": items[0]["image"]}], {"tiles": 1})
-    assert store.claim("dead-worker:1", lease_s=1.0)["id"] in (job, stale)
-    store.close()
-    _, client = deploy("job_concurrency=2")  # a restart: new replicas, same DB
-    for jid in (job, stale):
-        for _ in range(240):
-            body = client.get(f"/v1/jobs/{jid}").json()
-            if body["status"] in ("done", "failed"):
-                break
-            time.sleep(0.25)
-        assert body["status"] == "done", body
-        assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
-    assert client.get("/v1/jobs/nope").status_code == 404
-
-
-def test_jobs_survive_the_api_process_being_killed(server, trained):
-    """SIGKILL the ingress replica (where the job runner lives) with jobs queued and running: Serve
-    starts a new one, which takes the dead one's jobs once their lease is over; none lost or stuck."""
-    import os
-    import signal
-
-    deploy, _ = server
-    _, client = deploy("job_lease_s=2", "job_concurrency=1")
-    ids = []
-    for k in range(3):
-        items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
-        r = client.post("/v1/jobs", json={"items": items})
-        assert r.status_code == 202
-        ids.append(r.json()["id"])
-    api = _api_replicas()
-    assert len(api) == 1
-    os.kill(api[0].pid, signal.SIGKILL)
-    deadline = time.time() + 180
-    pending = set(ids)
-    while pending and time.time() < deadline:
-        try:
-            for jid in list(pending):
-                body = client.get(f"/v1/jobs/{jid}").json()
-                if body.get("status") in ("done", "failed"):
-                    assert body["status"] == "done", body
-                    assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
-                    pending.discard(jid)
-        except (httpx.HTTPError, ValueError):  # the replica is being replaced: 5xx/refused meanwhile
-            pass
-        time.sleep(0.5)
-    assert not pending, f"jobs lost or stuck after the kill: {pending}"
-    assert api[0].pid not in {p.pid for p in _api_replicas()}
-
-
-def test_auth_required_when_a_token_is_set(server):
-    deploy, _ = server
-    _, client = deploy("token=s3cret")
-    assert client.post("/v1/classify", json={"images": []}).status_code == 401
-    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))], headers={"Authorization": "Bearer s3cret"})
-    assert ok.status_code == 200
-    assert client.get("/healthz").status_code == 200  # liveness stays open for orchestrators
-
-
-def test_overload_answers_503_and_the_server_stays_healthy(server):
-    deploy, _ = server
-    cfg, client = deploy("max_ongoing_requests=1", "max_queued_requests=1", "max_batch_size=1",
-                         "batch_wait_timeout_s=0.5")
-
-    async def burst():
-        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
-            img = _jpeg(6)
-            return await asyncio.gather(*[c.post("/v1/classify", files=[("files", ("a.jpg", img))]) for _ in range(16)])
-
-    codes = [r.status_code for r in asyncio.run(burst())]
-    assert 503 in codes and 200 in codes, codes
-    assert client.get("/healthz").status_code == 200
-    assert client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(7)))]).status_code == 200
 
 
 def test_metrics_count_requests_errors_and_batches(api):
@@ -370,6 +262,122 @@ def test_openapi_documents_typed_endpoints_and_a_generated_client_classifies(api
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.startswith("sift_api_client")]:
             del sys.modules[name]
+
+
+def test_jobs_run_and_survive_a_restart(server, api, trained):
+    from serve.api.jobs import JobStore
+
+    deploy, db = server
+    items = [{"name": f"i{k}", "image": base64.b64encode(_jpeg(k)).decode()} for k in range(3)]
+    r = api.post("/v1/jobs", json={"items": items})
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    job = r.json()["id"]
+    # a job accepted before a crash: in the DB, claimed by a worker that died (lease long expired)
+    store = JobStore(db, clock=lambda: time.time() - 3600)
+    stale = store.submit([{"name": "s", "image_b64": items[0]["image"]}], {"tiles": 1})
+    assert store.claim("dead-worker:1", lease_s=1.0)["id"] in (job, stale)
+    store.close()
+    _, client = deploy("job_concurrency=2")  # a restart: new replicas, same DB
+    for jid in (job, stale):
+        for _ in range(240):
+            body = client.get(f"/v1/jobs/{jid}").json()
+            if body["status"] in ("done", "failed"):
+                break
+            time.sleep(0.25)
+        assert body["status"] == "done", body
+        assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
+    assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_jobs_survive_the_api_process_being_killed(server, trained):
+    """SIGKILL the ingress replica (where the job runner lives) with jobs queued and running: Serve
+    starts a new one, which takes the dead one's jobs once their lease is over; none lost or stuck."""
+    import os
+    import signal
+
+    deploy, _ = server
+    _, client = deploy("job_lease_s=2", "job_concurrency=1")
+    ids = []
+    for k in range(3):
+        items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
+        r = client.post("/v1/jobs", json={"items": items})
+        assert r.status_code == 202
+        ids.append(r.json()["id"])
+    api = _api_replicas()
+    assert len(api) == 1
+    os.kill(api[0].pid, signal.SIGKILL)
+    deadline = time.time() + 180
+    pending = set(ids)
+    while pending and time.time() < deadline:
+        try:
+            for jid in list(pending):
+                body = client.get(f"/v1/jobs/{jid}").json()
+                if body.get("status") in ("done", "failed"):
+                    assert body["status"] == "done", body
+                    assert all(res and res["label"] == _ruled(trained, res) for res in body["results"])
+                    pending.discard(jid)
+        except (httpx.HTTPError, ValueError):  # the replica is being replaced: 5xx/refused meanwhile
+            pass
+        time.sleep(0.5)
+    assert not pending, f"jobs lost or stuck after the kill: {pending}"
+    assert api[0].pid not in {p.pid for p in _api_replicas()}
+
+
+# one deployment for both (a deployment costs ~20 s here): a token, a body cap and the INT8 runtime
+GUARDED = ("token=s3cret", "max_body_bytes=20000", "runtime=onnx-int8")
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_auth_required_when_a_token_is_set(server):
+    deploy, _ = server
+    _, client = deploy(*GUARDED)
+    assert client.post("/v1/classify", json={"images": []}).status_code == 401
+    assert client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))],
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg()))], headers=AUTH)
+    assert ok.status_code == 200
+    assert client.get("/healthz").status_code == 200  # liveness stays open for orchestrators
+
+
+def test_body_too_large_is_413(server):
+    deploy, _ = server
+    _, client = deploy(*GUARDED)
+    assert client.get("/readyz").json()["runtime"] == "onnx-int8"
+    ok = client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(1)))], headers=AUTH)
+    assert ok.status_code == 200 and abs(sum(ok.json()["results"][0]["probs"].values()) - 1) < 1e-5
+    r = client.post("/v1/classify", files=[("files", ("big.jpg", _jpeg(5, size=(900, 700)) + b"\0" * 30000))],
+                    headers=AUTH)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
+    deploy, _ = server
+    _, client = deploy("request_timeout_s=2", "max_video_frames=100000", "video_batch=4")
+    r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
+                    params={"fps": 30})
+    assert r.status_code == 504, r.text
+    for _ in range(40):  # the decoding thread sees the stop at its next frame and kills ffmpeg
+        if not _ffmpegs_on_uploads():
+            break
+        time.sleep(0.25)
+    assert not _ffmpegs_on_uploads(), "ffmpeg kept decoding after the request ended"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_overload_answers_503_and_the_server_stays_healthy(server):
+    deploy, _ = server
+    cfg, client = deploy("max_ongoing_requests=1", "max_queued_requests=1", "max_batch_size=1",
+                         "batch_wait_timeout_s=0.5")
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
+            img = _jpeg(6)
+            return await asyncio.gather(*[c.post("/v1/classify", files=[("files", ("a.jpg", img))]) for _ in range(16)])
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert 503 in codes and 200 in codes, codes
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/v1/classify", files=[("files", ("a.jpg", _jpeg(7)))]).status_code == 200
 
 
 def test_redeploy_with_a_new_model_drops_no_request(server, trained):
