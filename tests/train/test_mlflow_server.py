@@ -97,7 +97,11 @@ def test_with_a_token_file_the_store_answers_only_bearers_of_it(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_training_logs_runs_artifacts_and_the_registry_through_the_server(server, preprocessed, sift_home):
+def test_training_through_the_server_resumes_a_lost_worker_in_the_same_run(server, preprocessed, sift_home,
+                                                                           monkeypatch):
+    """One training (each costs ~90 s here) for two things: runs, artifacts and the registry go
+    through the server, and a worker lost after epoch 1 resumes from its checkpoint into the same
+    MLflow run (its embedding cache on ONNX Runtime INT8, another cache than the session's torch one)."""
     from serve.predictor import resolve_model
     from train.artifact import SiftModel
     from train.config import CONFIG_DIR, load_train
@@ -105,14 +109,19 @@ def test_training_logs_runs_artifacts_and_the_registry_through_the_server(server
 
     url, server_home = server
     _, data, _ = preprocessed
-    cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=1", "steps_per_epoch=2", "frozen_steps=1",
-                                                "early_stop=0", "run_name=via-server"])
+    monkeypatch.setenv("SIFT_FAIL_AFTER_EPOCH", "1")
+    cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=2", "steps_per_epoch=2", "frozen_steps=-1", "early_stop=0",
+                                                "run_name=via-server", "max_failures=1", "cache_runtime=onnx-int8"])
     s = run(cfg, data, tracking_uri=url)
+    assert list((sift_home / "cache").glob("*.onnx/embed.int8.onnx"))
+    assert (sift_home / "runs" / "via-server" / "injected_failure").read_text() == "1"
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=url)
     r = client.get_run(s["run_id"])
     assert r.info.status == "FINISHED" and r.data.params["backbone"] == "tiny"
+    # epoch 1 logged before the failure, epoch 2 after the resume: the same MLflow run, no restart
+    assert sorted(m.value for m in client.get_metric_history(s["run_id"], "epoch")) == [1.0, 2.0]
     assert r.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the client never touches disk
     assert "plots/curves.png" in {a.path for a in client.list_artifacts(s["run_id"], "plots")}
     # the server wrote the store and the artifacts under its own state dir, not the client's

@@ -91,23 +91,3 @@ def test_promote_and_runs(trained, sift_home, capsys):
     assert runs(["--plot", str(sift_home / "cmp.png")]) == 0
     out = capsys.readouterr().out
     assert "test-run" in out and (sift_home / "cmp.png").stat().st_size > 1000
-
-
-@pytest.mark.slow
-def test_a_lost_worker_resumes_from_the_last_checkpoint(preprocessed, sift_home, monkeypatch):
-    from train.config import CONFIG_DIR, load_train
-    from train.main import run
-    from train.tracking import use
-
-    _, data, _ = preprocessed
-    monkeypatch.setenv("SIFT_FAIL_AFTER_EPOCH", "1")
-    # the embedding cache on ONNX Runtime INT8 (another cache than the session's torch one)
-    cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=2", "steps_per_epoch=2", "frozen_steps=-1",
-                                                "run_name=resume-run", "max_failures=1", "cache_runtime=onnx-int8"])
-    summary = run(cfg, data)
-    assert list((sift_home / "cache").glob("*.onnx/embed.int8.onnx"))
-    assert (sift_home / "runs" / "resume-run" / "injected_failure").read_text() == "1"
-    client = use().MlflowClient()
-    epochs = [m.value for m in client.get_metric_history(summary["run_id"], "epoch")]
-    # epoch 1 logged before the failure, epoch 2 after the resume: the same MLflow run, no restart
-    assert sorted(epochs) == [1.0, 2.0] and summary["version"]
