@@ -143,19 +143,19 @@ def test_predict_folder_and_parquet(ray_session, trained, preprocessed, tmp_path
     ref = pred.classify([prepare_image(open(row.path, "rb").read(), LIMITS, pred.model.short_edge)])[0]
     assert ref["label"] == row.label and ref["probs"]["GOOD"] == pytest.approx(row.prob_GOOD, abs=1e-5)
 
-    # torch and INT8 through the same actors: torch equals fp32 ONNX; INT8 is another graph (the tiny
-    # random model's near-ties make it move probabilities by up to ~0.25: its agreement is recorded)
-    for runtime, tol in (("torch", 1e-4), ("onnx-int8", 1.0)):
-        other = tmp_path / f"pred-{runtime}.parquet"
-        assert main(["--input", str(folder), "--output", str(other), "--model", model, "batch_size=4",
-                     f"runtime={runtime}"]) == 0
-        o = pq.read_table(other).to_pandas().set_index("path").loc[ok.path]
-        assert np.abs(o[["prob_BAD", "prob_NEUTRAL", "prob_GOOD"]].to_numpy() - probs).max() < tol
-        if runtime == "torch":
-            assert list(o.label) == list(ok.label)
-        else:
-            q = o[["prob_BAD", "prob_NEUTRAL", "prob_GOOD"]].to_numpy()
-            assert np.allclose(q.sum(axis=1), 1.0) and np.abs(q - probs).max() > 1e-4
+    # torch through the same actors equals fp32 ONNX. INT8 is another graph (the tiny random model's
+    # near-ties make it move probabilities by up to ~0.25): checked on the in-process path, which the
+    # actors share (another batch job would cost ~20 s here for the same code)
+    other = tmp_path / "pred-torch.parquet"
+    assert main(["--input", str(folder), "--output", str(other), "--model", model, "batch_size=4",
+                 "runtime=torch"]) == 0
+    o = pq.read_table(other).to_pandas().set_index("path").loc[ok.path]
+    assert np.abs(o[["prob_BAD", "prob_NEUTRAL", "prob_GOOD"]].to_numpy() - probs).max() < 1e-4
+    assert list(o.label) == list(ok.label)
+    int8 = Predictor(trained["model"], runtime={"runtime": "onnx-int8"})
+    q = np.array([[r["probs"][c] for c in ("BAD", "NEUTRAL", "GOOD")] for r in int8.classify(
+        [prepare_image(open(p, "rb").read(), LIMITS, int8.model.short_edge) for p in ok.path])])
+    assert np.allclose(q.sum(axis=1), 1.0) and 1e-4 < np.abs(q - probs).max() < 1.0
     out2 = tmp_path / "data.parquet"
     assert main(["--input", str(data), "--output", str(out2), "--model", model, "max_actors=1"]) == 0
     t2 = pq.read_table(out2).to_pandas()
