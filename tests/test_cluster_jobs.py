@@ -23,8 +23,10 @@ NODE_TYPES = {"cpu": {"resources": {"CPU": 1}, "max_workers": 3},
 
 @pytest.fixture(scope="module")
 def cluster():
-    # idle workers go after 30 s; a stage that finds too few brings them back (its actors wait for them)
-    with Cluster(num_cpus=1, node_types=NODE_TYPES, max_workers=4, idle_minutes=0.5) as c:
+    # the nodes the autoscaler adds for the first load stay for the stages after it (adding a node back
+    # costs a raylet's start and the working dir's unpacking, ~15 s each here); the last test lowers
+    # the idle timeout and watches them go
+    with Cluster(num_cpus=1, node_types=NODE_TYPES, max_workers=4, idle_minutes=20) as c:
         yield c
 
 
@@ -318,6 +320,7 @@ def test_serve_model_replicas_spread_over_nodes(cluster, home):
 def test_idle_worker_nodes_are_removed_once_the_load_is_gone(cluster):
     workers = {n["node_id"] for n in cluster.nodes() if not n.get("is_head_node")}
     assert len(workers) >= 3  # every worker node this module saw, the autoscaler added
+    cluster.set_idle_minutes(0.1)  # as an edited cluster.yaml would: the running autoscaler rereads it
     cluster.wait_for(lambda: not alive_workers(cluster), timeout=240, every=2)
     dead = {n["node_id"] for n in cluster.nodes() if n["state"] == "DEAD"}
     assert workers <= dead and not any(n["state"] == "ALIVE" for n in cluster.nodes() if n["node_id"] in workers)
