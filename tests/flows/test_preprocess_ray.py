@@ -132,7 +132,9 @@ def _kill_one_actor_during(job, class_part: str) -> list[int]:
     import time
 
     killed, done = [], threading.Event()
-    actors = lambda: _actors(class_part)  # noqa: E731
+
+    def actors():
+        return _actors(class_part)
 
     # an earlier run's actor may still be exiting when this job starts: it is not this job's
     before = set(actors())
