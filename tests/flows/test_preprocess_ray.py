@@ -133,15 +133,12 @@ def _kill_one_actor_during(job, class_part: str) -> list[int]:
 
     killed, done = [], threading.Event()
 
-    def actors():
-        return _actors(class_part)
-
     # an earlier run's actor may still be exiting when this job starts: it is not this job's
-    before = set(actors())
+    before = set(_actors(class_part))
 
     def killer():
         while not done.is_set() and not killed:
-            for pid in actors():
+            for pid in _actors(class_part):
                 if pid in before:
                     continue
                 time.sleep(0.3)  # let it take a batch first

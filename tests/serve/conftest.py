@@ -16,7 +16,7 @@ class Deployer:
     """``deploy(*overrides)`` runs the app with those settings and returns (cfg, client), redeploying
     only when the app up has other settings (a deployment costs ~20 s here: tests that change settings
     do not put the default back, and test_api runs the tests of the default app first);
-    ``deploy.default()`` is the default app."""
+    ``deploy()`` is the default app."""
 
     def __init__(self, model: str, port: int, db):
         self.model, self.port, self.db, self.now = model, port, db, None
@@ -42,9 +42,6 @@ class Deployer:
         self.now = (overrides, cfg, client)
         return cfg, client
 
-    def default(self):
-        return self()
-
 
 @pytest.fixture(scope="package")
 def server(trained, sift_home, tmp_path_factory):
@@ -66,4 +63,4 @@ def server(trained, sift_home, tmp_path_factory):
 @pytest.fixture
 def api(server):
     """A client of the default app (deployed again if the test before left other settings up)."""
-    return server[0].default()[1]
+    return server[0]()[1]
