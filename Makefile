@@ -57,8 +57,9 @@ demo: setup
 	$(PY) -m serve.demo --data $(DEMO)/data
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$PWD/$(STATE)/mlflow.db -w 1"
 
-# One process by default: on 2 cores two pytest-xdist workers took 35 min against 42 serially, but
-# each test ran ~1.6x slower beside the other and timing-bound cluster and browser tests failed. On a
+# One process by default (~34 min serially on 2 cores): two pytest-xdist workers took 35 min when
+# the serial run took 42, but each test ran ~1.6x slower beside the other and timing-bound cluster
+# and browser tests failed. On a
 # machine with more cores TEST_WORKERS=N spreads the groups tests/conftest.py forms over N workers.
 TEST_WORKERS ?= 0
 

@@ -23,9 +23,9 @@ NODE_TYPES = {"cpu": {"resources": {"CPU": 1}, "max_workers": 3},
 
 @pytest.fixture(scope="module")
 def cluster():
-    # the nodes the autoscaler adds for the first load stay for the stages after it (adding a node back
-    # costs a raylet's start and the working dir's unpacking, ~15 s each here); the last test lowers
-    # the idle timeout and watches them go
+    # the nodes the autoscaler adds for the first load stay for the stages after it (no stage waits for
+    # one to come back); the last test lowers the idle timeout and watches them go, without waiting
+    # out a timeout long enough to span a stage
     with Cluster(num_cpus=1, node_types=NODE_TYPES, max_workers=4, idle_minutes=20) as c:
         yield c
 
