@@ -270,6 +270,10 @@ def test_openapi_documents_typed_endpoints_and_a_generated_client_classifies(api
             del sys.modules[name]
 
 
+# short job leases, one job at a time: a killed runner's jobs are taken over within seconds
+LEASED = ("job_lease_s=2", "job_concurrency=1")
+
+
 def test_jobs_run_and_survive_a_restart(server, api, trained):
     from serve.api.jobs import JobStore
 
@@ -283,7 +287,9 @@ def test_jobs_run_and_survive_a_restart(server, api, trained):
     stale = store.submit([{"name": "s", "image_b64": items[0]["image"]}], {"tiles": 1})
     assert store.claim("dead-worker:1", lease_s=1.0)["id"] in (job, stale)
     store.close()
-    _, client = deploy("job_concurrency=2")  # a restart: new replicas, same DB
+    # a restart (new replicas, same DB) into the next test's settings, which then needs no deployment
+    # of its own (a deployment costs ~20 s here)
+    _, client = deploy(*LEASED)
     for jid in (job, stale):
         for _ in range(240):
             body = client.get(f"/v1/jobs/{jid}").json()
@@ -302,7 +308,7 @@ def test_jobs_survive_the_api_process_being_killed(server, trained):
     import signal
 
     deploy, _ = server
-    _, client = deploy("job_lease_s=2", "job_concurrency=1")
+    _, client = deploy(*LEASED)  # up already: the restart of the test before
     ids = []
     for k in range(3):
         items = [{"name": f"k{k}-{i}", "image": base64.b64encode(_jpeg(20 + i)).decode()} for i in range(6)]
@@ -356,9 +362,15 @@ def test_body_too_large_is_413(server):
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
 
 
+# one deployment for both: a model replica that takes one request at a time and queues one more
+# (a burst gets 503s), and a request timeout a long video cannot make (each deployment costs ~20 s)
+STRAINED = ("max_ongoing_requests=1", "max_queued_requests=1", "max_batch_size=1", "batch_wait_timeout_s=0.5",
+            "request_timeout_s=4", "max_video_frames=100000", "video_batch=4")
+
+
 def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
     deploy, _ = server
-    _, client = deploy("request_timeout_s=2", "max_video_frames=100000", "video_batch=4")
+    _, client = deploy(*STRAINED)
     r = client.post("/v1/classify/video", files={"file": ("long.mp4", long_clip.read_bytes())},
                     params={"fps": 30})
     assert r.status_code == 504, r.text
@@ -372,8 +384,7 @@ def test_a_video_request_that_times_out_stops_its_ffmpeg(server, long_clip):
 
 def test_overload_answers_503_and_the_server_stays_healthy(server):
     deploy, _ = server
-    cfg, client = deploy("max_ongoing_requests=1", "max_queued_requests=1", "max_batch_size=1",
-                         "batch_wait_timeout_s=0.5")
+    cfg, client = deploy(*STRAINED)
 
     async def burst():
         async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
