@@ -217,16 +217,23 @@ def run(cfg, data: str | Path, tracking_uri: str | None = None, num_cpus: int | 
         dataset_config=ray.train.DataConfig(
             datasets_to_split=["labeled", "unlabeled"] if cfg.num_workers > 1 else []),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(home / "ray_results"), worker_runtime_env=_worker_env(),
+            name=run_name, storage_path=str(home / "ray_results"), worker_runtime_env=worker_env(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks))
     trainer.fit()
     return json.loads((Path(ctx.out_dir) / "summary.json").read_text())
 
 
-def _worker_env() -> dict | None:
-    """Environment the train workers need from this process (fault injection for tests)."""
-    env = {k: os.environ[k] for k in ("SIFT_FAIL_AFTER_EPOCH",) if k in os.environ}
+# MLflow's credentials for a guarded tracking server (rank 0 logs the run), and fault injection for tests
+WORKER_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+              "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "SIFT_FAIL_AFTER_EPOCH")
+
+
+def worker_env() -> dict | None:
+    """Environment the train workers need from this process. A worker is started by its node's
+    raylet, not by this process: a Ray that was up before the token was exported here (a cluster
+    joined with RAY_ADDRESS, a long-lived local one) would give it an environment without it."""
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     return {"env_vars": env} if env else None
 
 

@@ -1,9 +1,9 @@
 """The review loop: queue ranking (pure), then the real thing — the review app on a loopback port over
 the session's preprocessed data and trained run, driven by keyboard in real Chromium, a feed page's
-"wrong verdict" button posting into the same store, and a training run that uses the corrections."""
+"wrong verdict" button posting into the same store. The training run that uses a store's corrections
+is tests/train/test_mlflow_server.py (one training there for several checks: each costs ~60 s here)."""
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import threading
@@ -274,53 +274,3 @@ def test_wrong_verdict_button_in_the_feed_reports_into_the_reported_queue(review
     r = c.post("/api/label", json={"id": pick[0], "label": "GOOD", "strategy": "reported"}).json()
     assert r["correction"]["source"] == "feed" and r["resolved_reports"] == [rep["seq"]]
     assert review.store.reports("open") == [] and c.get("/api/queue", params={"strategy": "reported"}).json()["items"] == []
-
-
-@pytest.mark.slow
-def test_a_training_run_uses_the_corrections_and_logs_them(review, trained, sift_home):
-    from flows.core.labels import LabelStore
-    from train import predictions
-    from train.config import CONFIG_DIR, load_train
-    from train.main import run
-    from train.tracking import use
-
-    data = review.data
-    store = LabelStore(review.db, CLASSES)
-    items = data.items
-    # on top of the labels made in the page and from the feed: an unlabeled training item becomes a
-    # clean GOOD, a NEUTRAL noisy-pool item a clean BAD; an id that is not in the data is not used
-    taken = store.reviewed()
-    unl = items[(items["pool"] == "unlabeled") & (items["split"] == "train") & ~items["id"].isin(taken)]["id"].iat[0]
-    noisy = items[(items["pool"] == "noisy") & (items["split"] == "train") & ~items["id"].isin(taken)]["id"].iat[0]
-    store.add_correction(unl, "GOOD", who="tester", previous="unlabeled")
-    store.add_correction(noisy, "BAD", who="tester", previous="NEUTRAL")
-    store.add_correction("not-in-this-data", "BAD", who="tester")
-    latest = store.latest()
-    expect = {i: lab for i, lab in latest.items() if i in data.by_id}
-    assert len(expect) == len(latest) - 1 >= 4
-    cfg = load_train(CONFIG_DIR / "tiny.yaml", ["epochs=1", "steps_per_epoch=2", "frozen_steps=1", "early_stop=0",
-                                                "run_name=review-run", f"labels_db={review.db}",
-                                                # its own registry entry: the session's candidate stays put
-                                                "model_name=sift-review"])
-    summary = run(cfg, review.data_dir)
-    client = use().MlflowClient()
-    r = client.get_run(summary["run_id"])
-    m = r.data.metrics
-    assert m["corrections_used"] == len(expect) and m["corrections_unmatched"] == 1
-    classes = summary["classes"]  # the data's label set (the corpus folders, sorted)
-    for c in classes:
-        assert m[f"corrections_{c}"] == sum(1 for lab in expect.values() if lab == c)
-    assert r.data.params["labels_db"] == str(review.db)
-    used = json.loads((sift_home / "runs" / "review-run" / "corrections.json").read_text())
-    assert {it["id"]: it["label"] for it in used["items"]} == expect
-    assert "corrections.json" in {a.path for a in client.list_artifacts(summary["run_id"])}
-    # the data the run trained on carries the new labels, as clean labeled items
-    df, _, meta = predictions.read(sift_home / "runs" / "review-run" / "predictions.parquet")
-    got = df.set_index("id").loc[list(expect)]
-    assert got["label"].tolist() == [classes.index(lab) for lab in expect.values()]
-    assert set(got["pool"]) == {"clean"} and meta["run_id"] == summary["run_id"]
-    n_train_fixed = sum(1 for i in expect if data.item(i)["split"] == "train" and data.item(i)["label"] < 0)
-    base = client.get_run(trained["run_id"])
-    assert int(r.data.params["n_labeled"]) == int(base.data.params["n_labeled"]) + n_train_fixed >= \
-        int(base.data.params["n_labeled"]) + 1
-    assert base.data.metrics["corrections_used"] == 0  # the session's first run had no store

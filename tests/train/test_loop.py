@@ -103,6 +103,17 @@ def test_class_counts_read_the_cache_table():
     assert class_counts(meta, 3) == [2, 0, 1]  # clean labeled train items only
 
 
+def test_train_workers_get_the_mlflow_credentials_of_the_driver(monkeypatch):
+    from train.main import WORKER_ENV, worker_env
+
+    for k in WORKER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert worker_env() is None  # nothing to pass: the workers' own environment as Ray gives it
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://x")  # the URI travels in the run's context instead
+    assert worker_env() == {"env_vars": {"MLFLOW_TRACKING_TOKEN": "t0k"}}
+
+
 def test_unlabeled_items_only_feed_consistency():
     b = batch()
     unl = batch(seed=1)

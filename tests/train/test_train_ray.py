@@ -20,6 +20,7 @@ def test_train_registers_a_candidate_with_metrics_plots_and_a_loadable_model(tra
     assert run.data.metrics[SELECTION] == pytest.approx(max(  # "better" needs a 1e-4 relative gain
         m.value for m in client.get_metric_history(s["run_id"], SELECTION)), rel=1e-3)
     assert any(k.startswith("train_loss") for k in run.data.metrics)
+    assert run.data.metrics["corrections_used"] == 0  # no label store: nothing corrected (tests/train/test_mlflow_server.py)
     history = client.get_metric_history(s["run_id"], "train_loss")
     assert history  # per-epoch metric recorded with its step
     plots = {a.path for a in client.list_artifacts(s["run_id"], "plots")}
