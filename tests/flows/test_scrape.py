@@ -7,14 +7,14 @@ allow-listed; every other private address stays refused, and nothing is sent any
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -111,15 +111,23 @@ class SiteHandler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site")
+@contextlib.contextmanager
+def served_site(root: Path):
+    """The fixture site generated into ``root``, served on 127.0.0.1: yields its base URL."""
     make_site(root)
     handler = lambda *a, **kw: SiteHandler(*a, directory=str(root), **kw)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    with served_site(tmp_path_factory.mktemp("site")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +190,7 @@ def test_the_manifest_is_accepted_by_preprocess_ingest(scraped):
 
 # ---------------------------------------------------------------- the filtered feed
 
-def _open_in_browser(html: Path, png: Path):
+def open_in_browser(html: Path, png: Path):
     """Load ``html`` in real Chromium; returns (page, cleanup). A screenshot goes to ``png``."""
     from playwright.sync_api import sync_playwright
 
@@ -198,7 +206,7 @@ def _open_in_browser(html: Path, png: Path):
     return page, close
 
 
-def _check_feed_dom(page, entries: list[dict]) -> None:
+def check_feed_dom(page, entries: list[dict]) -> None:
     arts = page.query_selector_all("article.item")
     assert len(arts) == len(entries)
     for art, e in zip(arts, entries):
@@ -216,7 +224,7 @@ def _check_feed_dom(page, entries: list[dict]) -> None:
             assert e["label"] in score and f"{e['score']:.2f}" in score
 
 
-def _png_ok(png: Path) -> None:
+def png_ok(png: Path) -> None:
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert min(Image.open(png).size) > 100
@@ -233,16 +241,16 @@ def test_feed_collapses_bad_and_highlights_good(tmp_path):
     html = scrape.write_feed(tmp_path, items, verdicts, cfg)
     entries = json.loads((tmp_path / "feed.json").read_text())
     assert [e["verdict"] for e in entries] == ["hide", "highlight", "show", "error"]
-    page, close = _open_in_browser(html, tmp_path / "feed.png")
+    page, close = open_in_browser(html, tmp_path / "feed.png")
     try:
-        _check_feed_dom(page, entries)
+        check_feed_dom(page, entries)
         page.click("article.hide summary")  # the "show" toggle reveals a hidden item
         assert page.query_selector("article.hide img").is_visible()
         assert "decode_error" in page.query_selector("article.error .score").inner_text()
         assert page.query_selector("button.wrong") is None  # no review_url: no "wrong verdict" buttons
     finally:
         close()
-    _png_ok(tmp_path / "feed.png")
+    png_ok(tmp_path / "feed.png")
     # with a review server: one button per item (hidden ones too), a choice of the other classes, the token
     cfg, _ = scrape.load_settings(None, None, ["review_url=http://127.0.0.1:9/", "review_token=tk</script>"])
     text = scrape.write_feed(tmp_path / "r", items, verdicts, cfg).read_text()
@@ -250,62 +258,39 @@ def test_feed_collapses_bad_and_highlights_good(tmp_path):
     assert '"token": "tk<\\/script>"' in text and "</script>" not in text.split("<script>")[1][:-len("</script></body></html>")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class RefusingBackend(BaseHTTPRequestHandler):
+    """A sift API that knows no token: every request is a 401 in the API's error shape, and the
+    Authorization header it was sent is kept (the real API's 401s: tests/serve/test_api.py)."""
+    seen: list[tuple[str, str]] = []
+
+    def log_message(self, *a):
+        pass
+
+    def _refuse(self):
+        RefusingBackend.seen.append((self.path, self.headers.get("Authorization", "")))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
 
 
-@pytest.fixture(scope="module")
-def backend(trained, sift_home, tmp_path_factory):
-    """The real sift API on Ray Serve, deployed like tests/serve/test_api.py, with a token."""
-    import httpx
-    from ray import serve
-
-    from serve.api.app import build_app
-    from serve.config import load_serve
-
-    serve.shutdown()  # a Serve left on another port by an earlier module
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    db = tmp_path_factory.mktemp("scrape-jobs") / "jobs.db"
-    cfg = load_serve(None, [f"model={trained['model']}", f"port={port}", f"jobs_db={db}", "token=t0k",
-                            "batch_wait_timeout_s=0.02"])
-    serve.run(build_app(cfg), name="sift", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        if httpx.get(url + "/readyz", trust_env=False).status_code == 200:
-            break
-        time.sleep(0.5)
-    yield url
-    serve.delete("sift")
-    serve.shutdown()
-
-
-def test_scrape_to_server_writes_a_filtered_feed(site, backend, trained, tmp_path):
-    out = tmp_path / "feed"
-    rc = scrape.main([f"{site}/index.html", "--to-server", backend, "--token", "t0k", "--to", str(out),
-                      "scroll_steps=15", "scroll_pause_ms=150", "browsers=1", "submit_batch=8", *COMMON])
-    assert rc == 0
-    entries = json.loads((out / "feed.json").read_text())
-    images = [e for e in entries if e["kind"] in ("image", "thumbnail", "frame")]
-    from train.artifact import SiftModel
-
-    model = SiftModel(trained["model"])  # the backend's artifact: its own rule decides each label
-    ruled = lambda probs: model.classes[int(model.decision.predict(np.array([[probs[c] for c in model.classes]]))[0])]
-    assert len(images) >= len(GOOD_IMAGES) + 2
-    for e in images:  # every item got a verdict from the backend, with a score
-        assert e["label"] == ruled(e["probs"]) and 0 <= e["score"] <= 1, e
-        assert abs(sum(e["probs"].values()) - 1) < 1e-4
-        assert e["verdict"] == {"BAD": "hide", "GOOD": "highlight"}.get(e["label"], "show")
-    page, close = _open_in_browser(out / "feed.html", tmp_path / "feed.png")
+def test_a_backend_that_refuses_the_token_leaves_the_scrape_whole(site, ray_session, tmp_path):
+    """The scrape still finishes and writes its feed; each item says why it has no verdict. (The feed
+    with the real API's verdicts: tests/serve/test_client.py.)"""
+    RefusingBackend.seen.clear()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), RefusingBackend)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        _check_feed_dom(page, entries)
+        rc = scrape.main([f"{site}/paged/3.html", "--to-server", f"http://127.0.0.1:{srv.server_port}",
+                          "--token", "nope", "--to", str(tmp_path / "f2"), "browsers=1", *COMMON])
     finally:
-        close()
-    _png_ok(tmp_path / "feed.png")
-    # a wrong token: the scrape still finishes, and the feed says why items have no verdict
-    rc = scrape.main([f"{site}/paged/3.html", "--to-server", backend, "--token", "nope", "--to", str(tmp_path / "f2"),
-                      "browsers=1", *COMMON])
+        srv.shutdown()
     bad = json.loads((tmp_path / "f2" / "feed.json").read_text())
     assert rc == 0 and bad and all(e["error"]["code"] == "unauthorized" for e in bad)
+    assert [p for p, _ in RefusingBackend.seen][0] == "/readyz" and "/v1/jobs" in {p for p, _ in RefusingBackend.seen}
+    assert {h for _, h in RefusingBackend.seen} == {"Bearer nope"}  # the token, on every request

@@ -1,4 +1,4 @@
-"""sift classify / sift score-folder, locally and against the running API."""
+"""sift classify / sift score-folder, locally and against the running API, and sift scrape --to-server."""
 import json
 import subprocess
 
@@ -167,3 +167,32 @@ def test_a_request_whose_every_item_failed_is_still_read_per_item(api, folder, c
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [l["path"].rsplit("/", 1)[1] for l in lines] == ["broken.jpg", "notes.txt"]
     assert all(l["status"] == 415 and l["error"]["code"] == "not_media" for l in lines), lines
+
+
+def test_scrape_to_server_writes_a_filtered_feed(api, trained, tmp_path):
+    """``sift scrape --to-server``: the fixture site of tests/flows/test_scrape.py scraped in real
+    Chromium, every item classified by the running API through its jobs endpoint, a filtered feed page."""
+    from flows import scrape
+    from tests.flows.test_scrape import COMMON, GOOD_IMAGES, check_feed_dom, open_in_browser, png_ok, served_site
+    from train.artifact import SiftModel
+
+    out = tmp_path / "feed"
+    with served_site(tmp_path / "site") as site:
+        rc = scrape.main([f"{site}/index.html", "--to-server", str(api.base_url), "--to", str(out),
+                          "scroll_steps=15", "scroll_pause_ms=150", "browsers=1", "submit_batch=8", *COMMON])
+    assert rc == 0
+    entries = json.loads((out / "feed.json").read_text())
+    images = [e for e in entries if e["kind"] in ("image", "thumbnail", "frame")]
+    model = SiftModel(trained["model"])  # the backend's artifact: its own rule decides each label
+    ruled = lambda probs: model.classes[int(model.decision.predict(np.array([[probs[c] for c in model.classes]]))[0])]
+    assert len(images) >= len(GOOD_IMAGES) + 2
+    for e in images:  # every item got a verdict from the backend, with a score
+        assert e["label"] == ruled(e["probs"]) and 0 <= e["score"] <= 1, e
+        assert abs(sum(e["probs"].values()) - 1) < 1e-4
+        assert e["verdict"] == {"BAD": "hide", "GOOD": "highlight"}.get(e["label"], "show")
+    page, close = open_in_browser(out / "feed.html", tmp_path / "feed.png")
+    try:
+        check_feed_dom(page, entries)
+    finally:
+        close()
+    png_ok(tmp_path / "feed.png")
