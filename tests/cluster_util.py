@@ -199,7 +199,7 @@ class Cluster:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 # a graceful stop takes ~30 s here; the cluster is throwaway, so do not wait for it
-                self.proc.wait(10)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._kill_leftovers()
