@@ -103,10 +103,10 @@ class Cluster:
                     f"--ray-client-server-port={client}", f"--min-worker-port={workers.start}",
                     f"--max-worker-port={workers.stop - 1}", f"--temp-dir={self.temp}"]
         if node_types:
-            conf = self.temp / "autoscaling.json"
-            conf.write_text(json.dumps(autoscaling_config(gcs, {"CPU": num_cpus}, node_types, max_workers,
-                                                          idle_minutes)))
-            self.cmd.append(f"--autoscaling-config={conf}")
+            self.conf = self.temp / "autoscaling.json"
+            self.conf.write_text(json.dumps(autoscaling_config(gcs, {"CPU": num_cpus}, node_types, max_workers,
+                                                               idle_minutes)))
+            self.cmd.append(f"--autoscaling-config={self.conf}")
             # the autoscaler looks at the load every second (Ray's own autoscaling tests do the same)
             # the head gets the node id the fake provider lists it under (worker nodes get theirs from it)
             self.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
@@ -128,6 +128,14 @@ class Cluster:
             time.sleep(1)
         self.__exit__()
         raise TimeoutError("the local Ray cluster did not come up in 120 s")
+
+    def set_idle_minutes(self, minutes: float) -> None:
+        """A new ``idle_timeout_minutes`` for the running autoscaler: it reads its config file again
+        on every update (StandardAutoscaler.reset), as it does when a cluster's YAML is edited."""
+        conf = json.loads(self.conf.read_text())
+        tmp = self.conf.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**conf, "idle_timeout_minutes": minutes}))
+        tmp.replace(self.conf)  # atomic: the autoscaler never reads half a file
 
     def status(self, token: str | None) -> int:
         """HTTP status of the jobs API with this bearer token (None: no header)."""

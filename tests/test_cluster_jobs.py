@@ -318,6 +318,8 @@ def test_serve_model_replicas_spread_over_nodes(cluster, home):
 def test_idle_worker_nodes_are_removed_once_the_load_is_gone(cluster):
     workers = {n["node_id"] for n in cluster.nodes() if not n.get("is_head_node")}
     assert len(workers) >= 3  # every worker node this module saw, the autoscaler added
+    # as an edited cluster.yaml would: the running autoscaler rereads it (30 s more of waiting otherwise)
+    cluster.set_idle_minutes(0.05)
     cluster.wait_for(lambda: not alive_workers(cluster), timeout=240, every=2)
     dead = {n["node_id"] for n in cluster.nodes() if n["state"] == "DEAD"}
     assert workers <= dead and not any(n["state"] == "ALIVE" for n in cluster.nodes() if n["node_id"] in workers)
