@@ -63,7 +63,7 @@ from flows.core.config import ConfigError
 
 from flows.ingest.config import load_preprocess
 from flows.corpus import make_corpus
-from flows.corpus.draw import look_of
+from flows.corpus.looks import look_of
 from flows.core.runtime import quiet_env
 from train import calibrate, metrics
 from train.config import CONFIG_DIR, for_classes, load_train

@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from flows.core.config import ConfigError
-from flows.corpus.draw import CLASSES, STYLES, encode, look_of, render
+from flows.corpus.draw import CLASSES, encode, render
+from flows.corpus.looks import STYLES, look_of
 from flows.corpus.video import write_video
 from flows.core.schema import UNLABELED
 
@@ -240,7 +241,7 @@ def make_corpus(out: Path, images: int, videos: int, seed: int = 0, size: tuple[
 
     ``size`` (width, height) forces one image size; by default each image picks one of SIZES.
     ``workers`` > 1 renders in processes and gives the same bytes as ``workers=1``.
-    ``style`` (one of ``flows.corpus.draw.STYLES``) is the pictures' look; ConfigError for an unknown
+    ``style`` (one of ``flows.corpus.looks.STYLES``) is the pictures' look; ConfigError for an unknown
     one, or for videos in a style other than 0 (``flows.corpus.video`` draws its scenes in style 0
     only, and a "shifted" corpus whose videos are not shifted would mislead).
     """

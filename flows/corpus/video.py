@@ -13,7 +13,8 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
-from flows.corpus.draw import add_noise, render
+from flows.corpus.draw import render
+from flows.corpus.paint import add_noise
 
 
 def write_video(path: Path, scenes, size: tuple[int, int], fps: int, rng) -> dict:
