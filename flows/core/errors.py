@@ -27,7 +27,7 @@ class SiftError(Exception):
 class ReasonError(SiftError):
     """An error whose reason code comes first, with an optional detail: ``ReasonError("too_large",
     "12 MB > 10 MB")``; ``str(err)`` is ``"too_large: 12 MB > 10 MB"``. Media and fetch errors use it,
-    their reasons being the rejection codes of ``flows.core.schema.REJECT_REASONS`` / ``flows.scrape.fetch.REASONS``."""
+    their reasons being the rejection codes of ``flows.core.schema.REJECT_REASONS`` / ``flows.scrape.urls.REASONS``."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason, reason=reason)

@@ -25,7 +25,8 @@ import threading
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from flows.scrape.fetch import FetchError, Fetcher, check_url
+from flows.scrape.fetch import Fetcher
+from flows.scrape.urls import FetchError, check_url
 
 if TYPE_CHECKING:
     from flows.scrape.config import Recipe, ScrapeConfig

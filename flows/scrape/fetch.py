@@ -20,56 +20,33 @@ A page decides which URLs we fetch, so each request is treated as hostile:
   processes through an injected ``reserve`` callable);
 - 5xx, 429, timeouts and connection errors are retried with exponential backoff.
 
-The resolver is injectable, so the address policy is tested without sending traffic anywhere.
+The URL and address checks are :mod:`flows.scrape.urls` (its resolver is injectable, so the address
+policy is tested without sending traffic anywhere), robots.txt is :mod:`flows.scrape.robots`.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
-from protego import Protego
 
-from flows.core.errors import ReasonError
-from flows.scrape.parse import host_key
 from flows.media.validate import sniff
+from flows.scrape.parse import host_key
+from flows.scrape.robots import RobotsCache
+from flows.scrape.urls import FetchError, Resolver, Target, check_url, system_resolver
 
 REDIRECTS = (301, 302, 303, 307, 308)
 RETRY_STATUS = (429, 500, 502, 503, 504)
-REASONS = ("bad_scheme", "bad_url", "dns_error", "refused_address", "robots_disallowed", "too_large",
-           "empty", "not_media", "timeout", "connect_error", "too_many_redirects",
-           "internal_error")  # + http_<code>
-MAX_URL = 8192  # characters; longer "URLs" (a 70 KB data blob in src) are bad_url, not a request
-# what percent-encoding leaves alone in a path or query: RFC 3986's reserved and unreserved sets, and %
-_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 # request headers the browser's own network stack owns (httpx sets its own), and response headers
 # that describe the wire form of a body that httpx has already decoded
 _HOP_REQUEST = {"host", "connection", "content-length", "accept-encoding", "keep-alive", "proxy-authorization",
                 "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 _HOP_RESPONSE = {"connection", "content-length", "content-encoding", "keep-alive", "transfer-encoding",
                  "trailer", "upgrade", "proxy-authenticate"}
-
-Resolver = Callable[[str, int], list[str]]
-
-
-class FetchError(ReasonError):
-    """A URL that could not be fetched; ``reason`` is one of :data:`REASONS` or ``http_<code>``."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked URL: where to connect (``ip``) and what to call it (``host``, for Host and SNI)."""
-    url: str
-    scheme: str
-    host: str
-    port: int
-    ip: str
 
 
 @dataclass(frozen=True)
@@ -91,95 +68,6 @@ class Fetched:
     content_type: str
 
 
-def system_resolver(host: str, port: int) -> list[str]:
-    """All addresses ``host`` resolves to (IPv4 and IPv6), via the system resolver."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-def address_refused(ip: str) -> bool:
-    """True for any address that is not plain public unicast (IPv4-mapped IPv6 unwrapped first)."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
-            or addr.is_reserved or addr.is_unspecified or not addr.is_global)
-
-
-def allow_listed(host: str, ip: str, allow_hosts) -> bool:
-    """``allow_hosts`` entries match a host name exactly, a domain suffix (``.example.org``), an
-    address, or a network (``10.0.0.0/8``)."""
-    for entry in allow_hosts:
-        entry = entry.strip().lower()
-        if entry == host or (entry.startswith(".") and host.endswith(entry)):
-            return True
-        try:
-            if ipaddress.ip_address(ip.split("%", 1)[0]) in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue  # a host-name entry
-    return False
-
-
-def normalise_url(url: str) -> str:
-    """``url`` in the form that goes on the wire: an IDN host in punycode, raw control, space and
-    non-ASCII characters of the path and query percent-encoded (what a browser sends). FetchError
-    bad_url for what cannot be one (too long, a host that is not a valid name, a bad port)."""
-    if not isinstance(url, str) or len(url) > MAX_URL:
-        raise FetchError("bad_url", f"longer than {MAX_URL} characters" if isinstance(url, str) else "not text")
-    try:
-        parts = urlsplit(url.strip())
-        host, port = parts.hostname or "", parts.port
-        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
-    except (ValueError, UnicodeError) as exc:
-        raise FetchError("bad_url", f"{type(exc).__name__}: {exc}"[:300]) from None
-    if any(ord(c) < 0x21 or ord(c) == 0x7f or c in "/\\" for c in ascii_host):
-        raise FetchError("bad_url", f"bad host {host!r}"[:300])
-    netloc = parts.netloc
-    if ascii_host != host or not netloc.isascii():
-        userinfo = netloc.rpartition("@")[0]
-        name = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
-        netloc = (f"{quote(userinfo, safe=':%')}@" if userinfo else "") + name + (f":{port}" if port else "")
-    path, query = (quote(x, safe=_URL_SAFE) for x in (parts.path, parts.query))
-    return urlunsplit((parts.scheme, netloc, path, query, ""))  # the fragment never goes on the wire
-
-
-def check_url(url: str, resolver: Resolver, allow_hosts=(), allow_private: bool = False) -> Target:
-    """Scheme, host and address policy for one URL; raises FetchError before any connection.
-    ``Target.url`` is the URL as it goes on the wire (:func:`normalise_url`)."""
-    if not isinstance(url, str) or len(url) > MAX_URL:
-        normalise_url(url)  # raises bad_url
-    try:
-        scheme = urlsplit(url).scheme.lower()
-    except ValueError as exc:
-        raise FetchError("bad_url", str(exc)) from None
-    if scheme not in ("http", "https"):
-        raise FetchError("bad_scheme", f"{scheme or 'no'} scheme: only http and https")
-    url = normalise_url(url)
-    parts = urlsplit(url)
-    host, port = (parts.hostname or "").lower(), parts.port
-    if not host:
-        raise FetchError("bad_url", "no host")
-    port = port or (443 if scheme == "https" else 80)
-    try:
-        ips = [str(ipaddress.ip_address(host))]  # an address literal needs no resolver
-    except ValueError:
-        ips = None
-    try:
-        ips = ips or resolver(host, port)
-    except (OSError, UnicodeError) as exc:
-        raise FetchError("dns_error", f"{host}: {exc}") from None
-    if not ips:
-        raise FetchError("dns_error", f"{host}: no address")
-    for ip in ips:  # every answer must pass: one refused answer could be the one connected to
-        try:
-            refused = address_refused(ip)
-        except ValueError:
-            raise FetchError("dns_error", f"{host}: bad address {ip!r}") from None
-        if refused and not allow_private and not allow_listed(host, ip, allow_hosts):
-            raise FetchError("refused_address", f"{host} resolves to {ip}")
-    return Target(url, scheme, host, port, ips[0])
-
 
 class RateLimiter:
     """Minimum interval between requests to one host, thread-safe.
@@ -200,48 +88,6 @@ class RateLimiter:
             self._next[host] = slot + self.interval
             return slot - now
 
-
-def parse_robots(status: int, text: str) -> Protego | bool:
-    """The rules of one robots.txt answer (RFC 9309 section 2.3.1): a 2xx body parsed by Protego
-    (unparseable lines are skipped, so garbage allows everything); ``True`` (allow all) for a 4xx,
-    the file being absent; ``False`` (disallow all) otherwise: a 5xx or an unreachable host."""
-    if 200 <= status < 300:
-        return Protego.parse(text)
-    return 400 <= status < 500
-
-
-def robots_allow(rules: Protego | bool, url: str, user_agent: str) -> bool:
-    """Whether ``rules`` (from :func:`parse_robots`) let ``user_agent`` fetch ``url``: the group of the
-    most specific matching user agent, else ``*``; in it the longest matching Allow/Disallow wins."""
-    return rules if isinstance(rules, bool) else rules.can_fetch(url, user_agent)
-
-
-class RobotsCache:
-    """robots.txt per origin, fetched once (through the guard) and cached; thread-safe."""
-
-    def __init__(self, get_text: Callable[[str], tuple[int, str]], user_agent: str):
-        self.get_text, self.user_agent = get_text, user_agent
-        self._rules: dict[str, Protego | bool] = {}
-        self._lock = threading.Lock()
-        self._origin_locks: dict[str, threading.Lock] = {}
-
-    def allowed(self, url: str) -> bool:
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        with self._lock:
-            lock = self._origin_locks.setdefault(origin, threading.Lock())
-        with lock:  # one fetch per origin even when many threads ask at once
-            if origin not in self._rules:
-                self._rules[origin] = self._load(origin)
-        return robots_allow(self._rules[origin], url, self.user_agent)
-
-    def _load(self, origin: str) -> Protego | bool:
-        try:
-            status, text = self.get_text(origin + "/robots.txt")
-        except FetchError as exc:
-            # a refused robots.txt host is refused for media too; unreachable means disallow (RFC 9309)
-            status, text = (404, "") if exc.reason.startswith("http_4") else (503, "")
-        return parse_robots(status, text)
 
 
 class Fetcher:

@@ -6,7 +6,7 @@ import pytest
 
 from flows.core.config import ConfigError
 from flows.core.errors import HttpError, ReasonError, SiftError
-from flows.scrape.fetch import FetchError
+from flows.scrape.urls import FetchError
 from flows.ingest.inputs import IngestError
 from flows.core.labels import LabelError
 from flows.media.validate import Reject

@@ -1,4 +1,4 @@
-"""flows.scrape.fetch: the address policy with a fake resolver (no traffic at all), then real downloads from
+"""flows.scrape.urls, robots and fetch: the address policy with a fake resolver (no traffic at all), then real downloads from
 an http.server on 127.0.0.1. Nothing in this module sends a packet anywhere but 127.0.0.1."""
 import dataclasses
 import io
@@ -10,8 +10,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows.scrape import fetch
-from flows.scrape.fetch import FetchError, Fetcher, RateLimiter, RobotsCache, check_url
+from flows.scrape import robots, urls
+from flows.scrape.fetch import Fetcher, RateLimiter
+from flows.scrape.robots import RobotsCache
+from flows.scrape.urls import FetchError, check_url
 from flows.scrape import load_settings
 
 
@@ -55,7 +57,7 @@ class NoNetwork(httpx.BaseTransport):
     ("93.184.216.34", False), ("8.8.8.8", False), ("2606:4700:4700::1111", False), ("::ffff:8.8.8.8", False),
 ])
 def test_address_refused(ip, refused):
-    assert fetch.address_refused(ip) is refused
+    assert urls.address_refused(ip) is refused
 
 
 def test_refused_before_any_connection():
@@ -153,21 +155,21 @@ ROBOTS = ("User-agent: *\n"
     ("/tmp", False), ("/tmp/x.jpg", True), ("/tmpfile", True), ("/", True),
 ])
 def test_robots_wildcards_and_end_anchor(path, star_ok):
-    rules = fetch.parse_robots(200, ROBOTS)
-    assert fetch.robots_allow(rules, "http://a.test" + path, "other-bot/2.0") is star_ok
+    rules = robots.parse_robots(200, ROBOTS)
+    assert robots.robots_allow(rules, "http://a.test" + path, "other-bot/2.0") is star_ok
     # sift-scraper has its own group: only its GIF rule applies, the '*' group does not
-    assert fetch.robots_allow(rules, "http://a.test" + path, "sift-scraper/0.1")
-    assert not fetch.robots_allow(rules, "http://a.test/x/pic.gif", "sift-scraper/0.1")
-    assert fetch.robots_allow(rules, "http://a.test/x/pic.gif?v=1", "sift-scraper/0.1")
+    assert robots.robots_allow(rules, "http://a.test" + path, "sift-scraper/0.1")
+    assert not robots.robots_allow(rules, "http://a.test/x/pic.gif", "sift-scraper/0.1")
+    assert robots.robots_allow(rules, "http://a.test/x/pic.gif?v=1", "sift-scraper/0.1")
 
 
 def test_robots_status_codes_and_garbage():
-    assert fetch.parse_robots(404, "") is True and fetch.parse_robots(410, "Disallow: /") is True
-    assert fetch.parse_robots(503, "") is False and fetch.parse_robots(302, "") is False
+    assert robots.parse_robots(404, "") is True and robots.parse_robots(410, "Disallow: /") is True
+    assert robots.parse_robots(503, "") is False and robots.parse_robots(302, "") is False
     garbage = bytes(range(256)).decode("utf-8", "replace") * 20 + "\n<html>not robots</html>\n"
-    assert fetch.robots_allow(fetch.parse_robots(200, garbage), "http://a.test/x.jpg", "sift-scraper/0.1")
-    assert fetch.robots_allow(fetch.parse_robots(200, ""), "http://a.test/x.jpg", "sift-scraper/0.1")
-    assert not fetch.robots_allow(False, "http://a.test/robots.txt", "sift-scraper/0.1")  # disallow all is all
+    assert robots.robots_allow(robots.parse_robots(200, garbage), "http://a.test/x.jpg", "sift-scraper/0.1")
+    assert robots.robots_allow(robots.parse_robots(200, ""), "http://a.test/x.jpg", "sift-scraper/0.1")
+    assert not robots.robots_allow(False, "http://a.test/robots.txt", "sift-scraper/0.1")  # disallow all is all
 
 
 def test_robots_cache_applies_wildcard_rules_per_origin():
