@@ -57,8 +57,8 @@ demo: setup
 	$(PY) -m serve.demo --data $(DEMO)/data
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$PWD/$(STATE)/mlflow.db -w 1"
 
-# One process by default: a clean clone's `make test` took 21:45 here (2 cores; 21:25 of tests, 840
-# passed). Two pytest-xdist workers were no faster on 2 cores (each test ran ~1.6x slower beside the
+# One process by default: a clean clone's `make test` took 21:45-23:15 here (2 cores; 840 passed;
+# ~65 s more where ffmpeg and Chromium are still to be installed). Two pytest-xdist workers were no faster on 2 cores (each test ran ~1.6x slower beside the
 # other, and timing-bound cluster and browser tests failed). On a machine with more cores
 # TEST_WORKERS=N spreads the groups tests/conftest.py forms over N workers.
 TEST_WORKERS ?= 0
