@@ -245,21 +245,13 @@ def test_review_job_serves_the_page_behind_its_token(cluster, corpus, home):
 
 
 def test_scrape_job_runs_its_browsers_on_the_nodes(cluster, tmp_path):
-    import threading
-    from http.server import ThreadingHTTPServer
+    from tests.flows.test_scrape import COMMON, GOOD_IMAGES, served_site
 
-    from tests.flows.test_scrape import COMMON, GOOD_IMAGES, SiteHandler, make_site
-
-    make_site(tmp_path / "site")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **kw: SiteHandler(*a, directory=str(tmp_path / "site"), **kw))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    site, out = f"http://127.0.0.1:{srv.server_port}", tmp_path / "ds"
-    try:
+    out = tmp_path / "ds"
+    with served_site(tmp_path / "site") as site:
         # two start URLs on two 1-CPU browsers: one each, on two nodes
         rc, log = cluster.submit(["sift", "scrape", f"{site}/index.html", f"{site}/paged/1.html", "--to", str(out),
                                   "--label", "GOOD", "browsers=2", "browser_cpus=1", *COMMON])
-    finally:
-        srv.shutdown()
     assert rc == 0, log[-3000:]
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines() if line.strip()]
     names = {it["url"].rsplit("/", 1)[1] for it in items}
